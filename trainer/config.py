@@ -1,0 +1,396 @@
+"""Every trainer flag, read in one place and turned into a frozen, validated `TrainConfig`.
+
+`define_flags()` declares the flags on a `FlagValues` (the global `absl.flags.FLAGS` by default);
+`config_from_flags()` reads them once, resolves paths, and validates values and combinations
+before anything heavy (TensorFlow devices, preprocessing, model weights) is touched. A bad value
+raises `ConfigError` naming the flag and what it accepts. Everything downstream takes the config,
+never the flags, so tests build a `TrainConfig` directly or parse a flag list with
+`parse_flags([...])`.
+
+Paths given as `../shared/...` (the read-only corpora and models) resolve against
+`$TAGGER_SHARED_DIR` when it is set, else against the repository root, so a command works from
+any directory. Other relative input paths resolve against the repository root too; the outputs
+(`--run_dir`, `--data_cache_dir`) resolve against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+from absl import flags
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_PREFIX = "../shared/"
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+MIXED_PRECISION = ("none", "fp16", "bf16")
+ENCODERS = ("bert", "embedding")
+HIDDEN_LAYERS = ("last", "concat", "mean", "scalar_mix")
+HEADS = ("softmax", "crf")
+DECAYS = ("linear", "cosine", "constant")
+
+# Fields that control one invocation rather than define the run: changing them does not make a
+# run directory "different" (you may resume a run with a later --max_steps or another log rate).
+RUN_CONTROL_FIELDS = frozenset({
+    "max_steps", "overwrite", "resume_mismatched", "progress_bar", "log_every", "steps_per_loop",
+    "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "run_dir",
+    "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy",
+})
+
+
+class ConfigError(ValueError):
+    """A flag has a bad value, or flags are combined in a way that cannot work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The resolved, validated configuration of one training run (see `define_flags` for docs)."""
+
+    # Data.
+    train_file: str
+    dev_file: str
+    test_file: str
+    tokenizer: str
+    max_seq_length: int = 128
+    stride: int = 32
+    data_cache_dir: str = "data_cache"
+    manifest: str = ""
+    # Model.
+    encoder: str = "bert"
+    pretrained: str = ""
+    encoder_config: str = ""
+    hidden_layers: str = "last"
+    num_hidden_layers_used: int = 4
+    bilstm_layers: int = 0
+    bilstm_units: int = 128
+    bilstm_dropout: float = 0.1
+    head: str = "softmax"
+    dropout: float = 0.1
+    crf_constrain_transitions: bool = True
+    embedding_dim: int = 128
+    # Optimisation.
+    head_learning_rate: float = 1e-3
+    encoder_learning_rate: float = 0.0
+    embeddings_learning_rate: float | None = None
+    layer_decay: float = 1.0
+    layer_mix_learning_rate: float | None = None
+    bilstm_learning_rate: float | None = None
+    crf_learning_rate: float | None = None
+    warmup_steps: int = 0
+    warmup_proportion: float = 0.0
+    decay: str = "linear"
+    end_learning_rate_ratio: float = 0.0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-6
+    clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+    # Training schedule and input.
+    batch_size: int = 32
+    train_steps: int = 0
+    epochs: float = 1.0
+    seed: int = 42
+    shuffle_buffer: int = 10000
+    bucketing: bool = True
+    deterministic: bool = False
+    # Runtime.
+    strategy: str = "default"
+    num_cpu_devices: int = 0
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    # Run control (see RUN_CONTROL_FIELDS).
+    run_dir: str = "runs/default"
+    max_steps: int = 0
+    steps_per_loop: int = 20
+    log_every: int = 20
+    eval_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_batch_size: int = 64
+    overwrite: bool = False
+    resume_mismatched: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with `changes` applied (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the run (all but RUN_CONTROL_FIELDS), for run-dir reuse checks."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+
+    @property
+    def uses_bert(self) -> bool:
+        return self.encoder == "bert"
+
+
+def _fail(flag: str, value: Any, accepted: str) -> None:
+    raise ConfigError(f"--{flag}={value!r} is invalid: {accepted}")
+
+
+def _one_of(config: TrainConfig, name: str, choices: Sequence[str]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        _fail(name, value, "expected one of " + "|".join(choices))
+
+
+def _at_least(config: TrainConfig, name: str, minimum: float) -> None:
+    value = getattr(config, name)
+    if value is None or value < minimum:
+        _fail(name, value, f"expected a number >= {minimum}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks single values and combinations; raises ConfigError naming the flag."""
+    _one_of(config, "strategy", STRATEGIES)
+    _one_of(config, "mixed_precision", MIXED_PRECISION)
+    _one_of(config, "encoder", ENCODERS)
+    _one_of(config, "hidden_layers", HIDDEN_LAYERS)
+    _one_of(config, "head", HEADS)
+    _one_of(config, "decay", DECAYS)
+    for name in ("batch_size", "grad_accum_steps", "steps_per_loop", "log_every",
+                 "keep_checkpoints", "eval_batch_size", "num_hidden_layers_used", "bilstm_units",
+                 "embedding_dim", "checkpoint_every"):
+        _at_least(config, name, 1)
+    for name in ("train_steps", "max_steps", "eval_every", "warmup_steps", "bilstm_layers",
+                 "num_cpu_devices", "head_learning_rate", "encoder_learning_rate", "weight_decay",
+                 "clip_norm", "shuffle_buffer", "end_learning_rate_ratio", "seed"):
+        _at_least(config, name, 0)
+    for name in ("embeddings_learning_rate", "layer_mix_learning_rate", "bilstm_learning_rate",
+                 "crf_learning_rate"):
+        if getattr(config, name) is not None:
+            _at_least(config, name, 0)
+    for name in ("dropout", "bilstm_dropout", "warmup_proportion"):
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            _fail(name, value, "expected a fraction in [0, 1)")
+    if not 0.0 < config.layer_decay <= 1.0:
+        _fail("layer_decay", config.layer_decay, "expected a factor in (0, 1]")
+    if not 0.0 <= config.adam_beta1 < 1.0 or not 0.0 <= config.adam_beta2 < 1.0:
+        _fail("adam_beta1/--adam_beta2", (config.adam_beta1, config.adam_beta2),
+              "expected fractions in [0, 1)")
+    if config.adam_epsilon <= 0:
+        _fail("adam_epsilon", config.adam_epsilon, "expected a positive number")
+    if config.end_learning_rate_ratio > 1.0:
+        _fail("end_learning_rate_ratio", config.end_learning_rate_ratio, "expected <= 1")
+    if config.warmup_steps and config.warmup_proportion:
+        raise ConfigError("--warmup_steps and --warmup_proportion are both set: give one")
+    if config.train_steps == 0 and config.epochs <= 0:
+        _fail("epochs", config.epochs, "expected > 0 when --train_steps=0 (steps come from epochs)")
+    if not 8 <= config.max_seq_length <= 512:
+        _fail("max_seq_length", config.max_seq_length, "expected 8..512 (BERT positions)")
+    if not 0 <= config.stride < config.max_seq_length // 2:
+        _fail("stride", config.stride, f"expected 0..{config.max_seq_length // 2 - 1} "
+              "(the window overlap must leave room for new characters)")
+    # Encoder choice and where its weights come from.
+    if config.encoder == "bert":
+        if bool(config.pretrained) == bool(config.encoder_config):
+            raise ConfigError("--encoder=bert needs exactly one of --pretrained (weights) or "
+                              f"--encoder_config (random init); got --pretrained="
+                              f"{config.pretrained!r} --encoder_config={config.encoder_config!r}")
+    else:
+        if config.encoder_learning_rate == 0 and not config.embeddings_learning_rate:
+            raise ConfigError("--encoder=embedding learns its embeddings from scratch: set "
+                              "--encoder_learning_rate > 0 (a frozen random embedding tags "
+                              "nothing)")
+        if config.hidden_layers != "last":
+            _fail("hidden_layers", config.hidden_layers,
+                  "only 'last' applies to --encoder=embedding (it has one layer)")
+        if config.pretrained or config.encoder_config:
+            raise ConfigError("--pretrained/--encoder_config do not apply to --encoder=embedding")
+    if config.head_learning_rate == 0 and config.encoder_learning_rate == 0:
+        raise ConfigError("--head_learning_rate=0 and --encoder_learning_rate=0: nothing trains")
+    # Distribution.
+    replicas = 1
+    if config.strategy == "mirrored":
+        replicas = max(config.num_cpu_devices, 1)
+    elif config.num_cpu_devices > 1:
+        raise ConfigError(f"--num_cpu_devices={config.num_cpu_devices} only applies to "
+                          f"--strategy=mirrored (got --strategy={config.strategy})")
+    if config.strategy == "multi_worker":
+        tf_config = os.environ.get("TF_CONFIG", "")
+        try:
+            cluster = json.loads(tf_config)["cluster"]
+            replicas = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                              "with a 'cluster' and a 'task' (see tf.distribute), got "
+                              f"{tf_config!r}") from None
+    if config.batch_size % replicas:
+        _fail("batch_size", config.batch_size,
+              f"the global batch must divide evenly over {replicas} replicas")
+
+
+def resolve_input_path(path: str) -> str:
+    """Resolves an input path: `../shared/...` via $TAGGER_SHARED_DIR, else the repo root."""
+    if not path or os.path.isabs(path):
+        return path
+    shared = os.environ.get("TAGGER_SHARED_DIR")
+    if shared and path.startswith(SHARED_PREFIX):
+        return str(pathlib.Path(shared) / path[len(SHARED_PREFIX):])
+    return str((REPO_ROOT / path).resolve())
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Declares every trainer flag on `flag_values` (idempotent per FlagValues)."""
+    if "train_file" in flag_values:
+        return
+    f = dict(flag_values=flag_values)
+    # Data.
+    flags.DEFINE_string("train_file", "../shared/data/people_daily_proxy_train/example.train",
+                        "Training corpus (`char tag` or CoNLL columns).", **f)
+    flags.DEFINE_string("dev_file", "../shared/data/people_daily/example.dev",
+                        "Dev corpus, evaluated every --eval_every steps.", **f)
+    flags.DEFINE_string("test_file", "../shared/data/people_daily/example.test",
+                        "Test corpus, evaluated once at the end.", **f)
+    flags.DEFINE_string("tokenizer", None,
+                        "Tokenizer directory or hub name; defaults to --pretrained.", **f)
+    flags.DEFINE_integer("max_seq_length", 128, "Pieces per window (incl. special tokens).", **f)
+    flags.DEFINE_integer("stride", 32, "Characters of overlap between windows of a long "
+                         "sentence.", **f)
+    flags.DEFINE_string("data_cache_dir", "data_cache", "Where preprocessed shards are cached, "
+                        "one sub-directory per fingerprint of the inputs.", **f)
+    flags.DEFINE_string("manifest", "", "Use this preprocessed directory (or manifest.json) "
+                        "instead of preprocessing the corpus files.", **f)
+    # Model.
+    flags.DEFINE_enum("encoder", "bert", list(ENCODERS), "BERT-family encoder or trainable "
+                      "embeddings (the classic BiLSTM-CRF).", **f)
+    flags.DEFINE_string("pretrained", "../shared/models/multilingual-e5-small-zh",
+                        "Pretrained encoder directory or hub name.", **f)
+    flags.DEFINE_string("encoder_config", "", "A BERT config (JSON file or inline JSON) for a "
+                        "randomly initialised encoder; replaces --pretrained.", **f)
+    flags.DEFINE_enum("hidden_layers", "last", list(HIDDEN_LAYERS), "How encoder layers are "
+                      "combined.", **f)
+    flags.DEFINE_integer("num_hidden_layers_used", 4, "Layers combined by concat/mean/"
+                         "scalar_mix.", **f)
+    flags.DEFINE_integer("bilstm_layers", 0, "BiLSTM layers between encoder and head.", **f)
+    flags.DEFINE_integer("bilstm_units", 128, "Units per direction of each BiLSTM.", **f)
+    flags.DEFINE_float("bilstm_dropout", 0.1, "Dropout after each BiLSTM layer.", **f)
+    flags.DEFINE_enum("head", "softmax", list(HEADS), "Tagging head.", **f)
+    flags.DEFINE_float("dropout", 0.1, "Dropout of encoder and head.", **f)
+    flags.DEFINE_boolean("crf_constrain_transitions", True, "Forbid IOB2-invalid "
+                         "transitions in the CRF.", **f)
+    flags.DEFINE_integer("embedding_dim", 128, "Embedding size for --encoder=embedding.", **f)
+    # Optimisation.
+    flags.DEFINE_float("head_learning_rate", 1e-3, "Peak learning rate of the head.", **f)
+    flags.DEFINE_float("encoder_learning_rate", 0.0, "Peak learning rate of the top encoder "
+                       "layer; 0 freezes the encoder (inference mode, not on the tape).", **f)
+    flags.DEFINE_float("embeddings_learning_rate", None, "Encoder embeddings; default: "
+                       "--encoder_learning_rate * --layer_decay**num_layers.", **f)
+    flags.DEFINE_float("layer_decay", 1.0, "Layer-wise decay: layer i of L gets "
+                       "encoder_lr * decay**(L-1-i).", **f)
+    flags.DEFINE_float("layer_mix_learning_rate", None, "Scalar-mix weights; default: head.", **f)
+    flags.DEFINE_float("bilstm_learning_rate", None, "BiLSTM; default: head.", **f)
+    flags.DEFINE_float("crf_learning_rate", None, "CRF transitions; default: head.", **f)
+    flags.DEFINE_integer("warmup_steps", 0, "Linear warmup steps (all groups).", **f)
+    flags.DEFINE_float("warmup_proportion", 0.0, "Warmup as a fraction of --train_steps.", **f)
+    flags.DEFINE_enum("decay", "linear", list(DECAYS), "Decay after warmup.", **f)
+    flags.DEFINE_float("end_learning_rate_ratio", 0.0, "Final lr as a fraction of the peak.", **f)
+    flags.DEFINE_float("weight_decay", 0.01, "AdamW decoupled weight decay (not on LayerNorm "
+                       "or bias).", **f)
+    flags.DEFINE_float("adam_beta1", 0.9, "Adam beta1.", **f)
+    flags.DEFINE_float("adam_beta2", 0.999, "Adam beta2.", **f)
+    flags.DEFINE_float("adam_epsilon", 1e-6, "Adam epsilon.", **f)
+    flags.DEFINE_float("clip_norm", 1.0, "Global-norm gradient clipping; 0 disables.", **f)
+    flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches accumulated per update.", **f)
+    # Schedule and input.
+    flags.DEFINE_integer("batch_size", 32, "Global batch size in windows (over all replicas; "
+                         "per update it is batch_size * grad_accum_steps).", **f)
+    flags.DEFINE_integer("train_steps", 0, "Optimizer updates in the schedule; 0 derives it "
+                         "from --epochs.", **f)
+    flags.DEFINE_float("epochs", 1.0, "Epochs when --train_steps=0.", **f)
+    flags.DEFINE_integer("seed", 42, "Seed for initialisation, shuffling and dropout.", **f)
+    flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer in windows; 0 disables "
+                         "shuffling.", **f)
+    flags.DEFINE_boolean("bucketing", True, "Bucket batches by length (else pad to "
+                         "--max_seq_length).", **f)
+    flags.DEFINE_boolean("deterministic", False, "tf.config.experimental."
+                         "enable_op_determinism (bit-reproducible resumes).", **f)
+    # Runtime.
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy; "
+                      "multi_worker reads TF_CONFIG.", **f)
+    flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (for "
+                         "--strategy=mirrored without GPUs).", **f)
+    flags.DEFINE_enum("mixed_precision", "none", list(MIXED_PRECISION), "fp16 uses dynamic "
+                      "loss scaling; bf16 needs none.", **f)
+    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward/backward pass (slower "
+                         "than graph mode on CPU).", **f)
+    # Run control.
+    flags.DEFINE_string("run_dir", "runs/default", "Run directory (config, checkpoints, events, "
+                        "predictions).", **f)
+    flags.DEFINE_integer("max_steps", 0, "Stop this invocation at this global step (the "
+                         "schedule still spans --train_steps); 0 = no limit.", **f)
+    flags.DEFINE_integer("steps_per_loop", 20, "Steps per tf.function call.", **f)
+    flags.DEFINE_integer("log_every", 20, "Steps between TensorBoard training scalars.", **f)
+    flags.DEFINE_integer("eval_every", 0, "Steps between dev evaluations; 0 = at the end "
+                         "only.", **f)
+    flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.", **f)
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", **f)
+    flags.DEFINE_integer("eval_batch_size", 64, "Evaluation batch size.", **f)
+    flags.DEFINE_boolean("overwrite", False, "Delete an existing run directory first.", **f)
+    flags.DEFINE_boolean("resume_mismatched", False, "Resume a run directory whose config "
+                         "differs from this one.", **f)
+    flags.DEFINE_boolean("progress_bar", True, "Show a progress bar on the terminal.", **f)
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
+    """Reads the parsed flags once and returns the validated config.
+
+    Raises:
+      ConfigError: a value or combination is invalid, or an input file does not exist.
+    """
+    values = {field.name: flag_values[field.name].value
+              for field in dataclasses.fields(TrainConfig)}
+    if values["encoder"] == "embedding":
+        values["pretrained"] = ""
+    for name in ("train_file", "dev_file", "test_file", "pretrained", "encoder_config",
+                 "tokenizer", "manifest"):
+        value = values[name]
+        if value and not value.lstrip().startswith("{"):
+            values[name] = resolve_input_path(value)
+    if not values["tokenizer"]:
+        values["tokenizer"] = values["pretrained"]
+    if not values["tokenizer"]:
+        raise ConfigError("--tokenizer is required when --pretrained is not given")
+    for name in ("run_dir", "data_cache_dir"):
+        values[name] = os.path.abspath(values[name])
+    if not values["manifest"]:
+        for name in ("train_file", "dev_file", "test_file"):
+            if not os.path.isfile(values[name]):
+                raise ConfigError(f"--{name}={values[name]!r}: no such file")
+    for name in ("pretrained", "tokenizer"):
+        path = values[name]
+        if path and (path.startswith(("/", ".")) or os.sep in path) and not os.path.exists(path):
+            raise ConfigError(f"--{name}={path!r}: no such directory")
+    return TrainConfig(**values)
+
+
+def parse_flags(argv: Sequence[str]) -> TrainConfig:
+    """Parses `argv` (without the program name) on a fresh FlagValues; for tests and tools."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["trainer"] + list(argv))
+    return config_from_flags(flag_values)
+
+
+def write_config(config: TrainConfig, run_dir: str | os.PathLike) -> pathlib.Path:
+    """Writes the resolved config to `run_dir/config.json` (atomically)."""
+    path = pathlib.Path(run_dir) / "config.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(config.to_json())
+    os.replace(tmp, path)
+    return path
