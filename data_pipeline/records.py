@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_ID = -100  # label id that losses and metrics skip (special tokens, non-first pieces, padding)
+# The label id that losses and metrics skip: special tokens, non-first pieces, padding.
+IGNORE_ID = -100
 
 SEQUENCE_FEATURES = ("input_ids", "label_ids", "char_index")
 SCALAR_FEATURES = ("sentence_id", "window_start", "window_end", "sentence_length")

@@ -1,0 +1,472 @@
+"""Corpus files -> sharded TFRecords + manifest.json.
+
+    python -m data_pipeline.preprocess \\
+        --train=../shared/data/msra/train.bmes --test=../shared/data/msra/test.bmes \\
+        --tokenizer=../shared/models/multilingual-e5-small-zh --output_dir=data_cache/msra
+
+How it runs:
+1. Scan (one streaming pass per file, in parallel): UTF-8, column counts, the tags present, sentence
+   offsets every `sentences_per_shard` sentences, sha256. All input errors that can be found
+   without tokenizing are found here, before anything is written.
+2. The tag scheme is detected (or given) and the label map is built from the train split; a tag of
+   dev/test whose type train does not have is an error.
+3. Shards are written in parallel (one task per shard, `num_workers` processes): sentences are
+   converted to IOB2, tokenized, cut into windows, and written as `SPLIT-0000k-of-0000N.tfrecord`.
+4. Everything is written into a hidden staging directory beside `output_dir`; the manifest goes
+   last, and then the staging directory is renamed to `output_dir`. On any error the staging
+   directory is removed, so a directory with a manifest is always complete, and an earlier
+   output at `output_dir` is only replaced by a complete new one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import multiprocessing
+import os
+import pathlib
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+from data_pipeline import corpus, records, tokenization, windows
+from data_pipeline.manifest import FORMAT_VERSION, MANIFEST_NAME, write_json_atomic
+
+COMPRESSION = {"none": "", "gzip": "GZIP"}
+_TOKENIZE_BATCH = 512
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _check_arguments(splits, *, max_seq_length, stride, input_format, tag_scheme, on_invalid,
+                     compression, sentences_per_shard, label_map):
+    if not splits:
+        raise ValueError("no input: give at least one split (train, dev or test)")
+    for split, path in splits.items():
+        if not split.isidentifier():
+            raise ValueError(f"split name {split!r} must be a simple identifier")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{split}: input file {path} does not exist")
+    if "train" not in splits and not label_map:
+        raise ValueError("without a train split, give label_map (the label map is built from "
+                         "train)")
+    if input_format not in ("auto",) + corpus.FORMATS:
+        raise ValueError(f"input_format must be auto, char or conll, got {input_format!r}")
+    if tag_scheme not in ("auto",) + corpus.SCHEMES:
+        raise ValueError(f"tag_scheme must be one of auto, {', '.join(corpus.SCHEMES)}; "
+                         f"got {tag_scheme!r}")
+    if on_invalid not in corpus.ON_INVALID:
+        raise ValueError(f"on_invalid must be repair or fail, got {on_invalid!r}")
+    if compression not in COMPRESSION:
+        raise ValueError(f"compression must be none or gzip, got {compression!r}")
+    if sentences_per_shard < 1:
+        raise ValueError(f"sentences_per_shard must be >= 1, got {sentences_per_shard}")
+    if max_seq_length < 8:
+        raise ValueError(f"max_seq_length must be >= 8, got {max_seq_length}")
+    if stride < 0:
+        raise ValueError(f"stride must be >= 0, got {stride}")
+
+
+def _scan(job: tuple[str, str, str, int, int, int]) -> dict:
+    """Pass 1 over one range of sentences: validation and the tags present (runs in a worker)."""
+    split, path, input_format, offset, line, limit = job
+    tag_counts: collections.Counter = collections.Counter()
+    first_line: dict[str, int] = {}
+    sentences = characters = longest = 0
+    for sentence in corpus.read_sentences(path, input_format=input_format, offset=offset,
+                                          first_line=line, limit=limit):
+        sentences += 1
+        characters += len(sentence.tokens)
+        longest = max(longest, len(sentence.tokens))
+        tag_counts.update(sentence.tags)
+        if len(first_line) < len(tag_counts):
+            for i, tag in enumerate(sentence.tags):
+                first_line.setdefault(tag, sentence.line + i)
+    if sentences != limit:
+        raise corpus.CorpusError(path, line, f"expected {limit} sentences from here, found "
+                                             f"{sentences}; is the file being written to?")
+    return {"split": split, "sentences": sentences, "characters": characters,
+            "max_sentence_length": longest, "tag_counts": tag_counts, "tag_first_line": first_line}
+
+
+def _scan_files(splits: dict[str, str], input_format: str, every: int, pool) -> dict[str, dict]:
+    """Pass 1 over all files: offsets and sha256 here, then validation in parallel ranges."""
+    scans = {}
+    jobs = []
+    for name, path in splits.items():
+        offsets, sha256, sentences = corpus.sentence_offsets(path, every)
+        if sentences == 0:
+            raise corpus.CorpusError(path, None, "empty file: no sentences found")
+        scans[name] = {"path": path, "format": input_format, "sha256": sha256,
+                       "bytes": os.path.getsize(path), "offsets": offsets, "sentences": sentences,
+                       "characters": 0, "max_sentence_length": 0,
+                       "tag_counts": collections.Counter(), "tag_first_line": {}}
+        for index, (offset, line) in enumerate(offsets):
+            jobs.append((name, path, input_format, offset, line,
+                         min(every, sentences - index * every)))
+    for part in _run(_scan, jobs, pool):
+        scan = scans[part["split"]]
+        scan["characters"] += part["characters"]
+        scan["max_sentence_length"] = max(scan["max_sentence_length"],
+                                          part["max_sentence_length"])
+        scan["tag_counts"].update(part["tag_counts"])
+        for tag, line in part["tag_first_line"].items():
+            scan["tag_first_line"][tag] = min(line, scan["tag_first_line"].get(tag, line))
+    return scans
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_name: str, word_boundary_marker: str, input_format: str) -> None:
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # processes give the parallelism
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backend, info = tokenization.prepare_tokenizer(
+        tokenizer_name, word_boundary_marker=word_boundary_marker, input_format=input_format)
+    _WORKER.update(encoder=tokenization.TokenEncoder(backend, info.unk_token_id), info=info)
+
+
+def _write_shard(task: dict) -> dict:
+    """Pass 2 for one shard: convert, tokenize, window, write. Returns the shard's statistics."""
+    import tensorflow as tf
+
+    encoder, info = _WORKER["encoder"], _WORKER["info"]
+    label_to_id = {label: i for i, label in enumerate(task["label_map"])}
+    max_seq_length, stride = task["max_seq_length"], task["stride"]
+    budget = max_seq_length - len(info.prefix_ids) - len(info.suffix_ids)
+    histogram = np.zeros(max_seq_length + 1, dtype=np.int64)
+    entities: collections.Counter = collections.Counter()
+    repaired: collections.Counter = collections.Counter()
+    stats = collections.Counter()
+    sentence_id = task["first_sentence_id"]
+    partial = task["path"] + ".partial"
+    options = tf.io.TFRecordOptions(compression_type=task["compression"])
+    reader = corpus.read_sentences(task["source"], input_format=task["format"],
+                                   offset=task["offset"], first_line=task["line"],
+                                   limit=task["sentences"])
+    with tf.io.TFRecordWriter(partial, options) as writer:
+        while True:
+            batch = [s for _, s in zip(range(_TOKENIZE_BATCH), reader)]
+            if not batch:
+                break
+            tokenized = encoder.encode([s.tokens for s in batch])
+            for sentence, (ids, first_piece, pieceless) in zip(batch, tokenized):
+                tags, fixed = corpus.to_iob2(sentence.tags, task["scheme"],
+                                             on_invalid=task["on_invalid"],
+                                             path=task["source"], first_line=sentence.line)
+                if fixed:
+                    for tag, old in zip(tags, sentence.tags):
+                        if tag.startswith("B-") and corpus.split_tag(old)[0] in "IME":
+                            repaired[tag[2:]] += 1
+                try:
+                    label_ids = [label_to_id[tag] for tag in tags]
+                except KeyError as e:
+                    line = sentence.line + tags.index(e.args[0])
+                    raise corpus.CorpusError(task["source"], line, f"tag {e.args[0]!r} is not in "
+                                             f"the label map {task['label_map']}") from None
+                if not ids:
+                    raise corpus.CorpusError(
+                        task["source"], sentence.line, "sentence has no tokens: the tokenizer's "
+                        "normaliser removes every character of it (control or zero-width "
+                        "characters?)")
+                entities.update(corpus.entity_types_of(tags))
+                stats["pieceless_tokens"] += pieceless
+                stats["content_pieces"] += len(ids)
+                stats["unknown_tokens"] += ids.count(info.unk_token_id)
+                num_windows = 0
+                for input_ids, labels, char_index, start, end in windows.window_records(
+                        ids, first_piece, label_ids, prefix_ids=info.prefix_ids,
+                        suffix_ids=info.suffix_ids, budget=budget, stride=stride):
+                    writer.write(records.encode_example(
+                        input_ids=input_ids, label_ids=labels, char_index=char_index,
+                        sentence_id=sentence_id, window_start=start, window_end=end,
+                        sentence_length=len(tags)))
+                    histogram[len(input_ids)] += 1
+                    stats["tokens"] += len(input_ids)
+                    num_windows += 1
+                stats["windows"] += num_windows
+                stats["sentences_split"] += num_windows > 1
+                sentence_id += 1
+    if sentence_id - task["first_sentence_id"] != task["sentences"]:
+        raise corpus.CorpusError(task["source"], task["line"], "file changed while it was read")
+    os.replace(partial, task["path"])
+    digest = hashlib.sha256()
+    with open(task["path"], "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"split": task["split"], "index": task["index"], "file": os.path.basename(task["path"]),
+            "records": int(stats["windows"]), "bytes": os.path.getsize(task["path"]),
+            "sha256": digest.hexdigest(), "histogram": histogram, "entities": dict(entities),
+            "repaired": dict(repaired), "stats": dict(stats)}
+
+
+def _run(function: Callable, jobs: list, pool) -> list:
+    if pool is None:
+        return [function(job) for job in jobs]
+    return list(pool.imap_unordered(function, jobs))
+
+
+def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLike,
+               tokenizer: str | os.PathLike, *, max_seq_length: int = 128, stride: int = 32,
+               input_format: str = "auto", tag_scheme: str = "auto", on_invalid: str = "repair",
+               label_map: list[str] | None = None, word_boundary_marker: str = "auto",
+               compression: str = "none", sentences_per_shard: int = 8192,
+               num_workers: int | None = None, overwrite: bool = False,
+               log: Callable[[str], None] = lambda message: None) -> dict:
+    """Preprocesses corpus splits into `output_dir` (shards + manifest.json).
+
+    Args:
+      splits: {split name: corpus file}, e.g. {"train": ..., "dev": ..., "test": ...}.
+      output_dir: where the shards and manifest go; created (its parent must exist or is made).
+      tokenizer: a transformers fast tokenizer directory or hub name.
+      max_seq_length: pieces per window including special tokens.
+      stride: most pieces two windows of one long sentence share.
+      input_format: "char", "conll" or "auto" (detected per file).
+      tag_scheme: "bio", "iob1", "bioes", "bmes" or "auto" (detected from all files' tags).
+      on_invalid: "repair" or "fail" for continuation tags without an open entity.
+      label_map: fixed label map (IOB2 tags, "O" first); default: built from the train split.
+      word_boundary_marker: "auto", "keep" or "drop" (see `tokenization`).
+      compression: "none" or "gzip".
+      sentences_per_shard: sentences per shard file.
+      num_workers: processes (default: the number of CPUs; 0 runs in this process).
+      overwrite: replace an earlier, complete output at `output_dir`.
+      log: called with progress messages.
+
+    Returns:
+      The manifest dict (also written to `output_dir/manifest.json`).
+
+    Raises:
+      corpus.CorpusError: bad input, naming the file and line.
+      ValueError, FileNotFoundError, FileExistsError: bad arguments.
+    """
+    splits = {name: os.path.abspath(path) for name, path in splits.items()}
+    _check_arguments(splits, max_seq_length=max_seq_length, stride=stride,
+                     input_format=input_format, tag_scheme=tag_scheme, on_invalid=on_invalid,
+                     compression=compression, sentences_per_shard=sentences_per_shard,
+                     label_map=label_map)
+    output_dir = pathlib.Path(output_dir).resolve()
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise FileExistsError(f"output_dir {output_dir} exists and is not a directory")
+        if (output_dir / MANIFEST_NAME).exists():
+            if not overwrite:
+                raise FileExistsError(f"output_dir {output_dir} already holds a finished "
+                                      f"preprocessing output; pass overwrite to replace it")
+        elif any(output_dir.iterdir()):
+            raise FileExistsError(f"output_dir {output_dir} is not empty and holds no manifest; "
+                                  f"refusing to write into it")
+    formats = {name: (corpus.detect_format(path) if input_format == "auto" else input_format)
+               for name, path in splits.items()}
+    if len(set(formats.values())) > 1:
+        raise ValueError(f"the splits have different formats {formats}; give input_format")
+    the_format = next(iter(formats.values()))
+    started = time.time()
+
+    # The tokenizer is loaded here first so that a bad name fails before any work.
+    _, info = tokenization.prepare_tokenizer(tokenizer, word_boundary_marker=word_boundary_marker,
+                                             input_format=the_format)
+    budget = max_seq_length - len(info.prefix_ids) - len(info.suffix_ids)
+    if stride >= budget:
+        raise ValueError(f"stride ({stride}) must be smaller than max_seq_length minus the special "
+                         f"tokens ({budget})")
+
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    pool = None
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        if workers > 0:
+            pool = multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker,
+                initargs=(os.fspath(tokenizer), word_boundary_marker, the_format))
+        scans = _scan_files(splits, the_format, sentences_per_shard, pool)
+        log(f"scanned {sum(s['sentences'] for s in scans.values())} sentences "
+            f"in {time.time() - started:.1f}s")
+
+        scheme = tag_scheme
+        if scheme == "auto":
+            scheme = corpus.detect_scheme({corpus.split_tag(tag)[0] for scan in scans.values()
+                                           for tag in scan["tag_counts"]})
+        allowed = corpus._SCHEME_PREFIXES[scheme] | {"O"}
+        for scan in scans.values():
+            for tag, line in sorted(scan["tag_first_line"].items(), key=lambda item: item[1]):
+                prefix, kind = corpus.split_tag(tag)
+                if prefix not in allowed or (prefix != "O" and not kind):
+                    expected = ", ".join(p + "-TYPE" for p in sorted(allowed - {"O"}))
+                    raise corpus.CorpusError(
+                        scan["path"], line, f"tag {tag!r} does not fit the {scheme.upper()} scheme "
+                        f"(expected O or one of {expected})")
+        if label_map is None:
+            label_map = corpus.build_label_map(
+                {corpus.split_tag(tag)[1] for tag in scans["train"]["tag_counts"]} - {""})
+        elif not label_map or label_map[0] != "O":
+            raise ValueError(f"label_map must start with 'O', got {label_map}")
+        known_types = {corpus.split_tag(label)[1] for label in label_map} - {""}
+        for scan in scans.values():
+            for tag, line in sorted(scan["tag_first_line"].items(), key=lambda item: item[1]):
+                kind = corpus.split_tag(tag)[1]
+                if kind and kind not in known_types:
+                    raise corpus.CorpusError(
+                        scan["path"], line, f"tag {tag!r}: entity type {kind!r} is not in the "
+                        f"label map built from the train split ({label_map})")
+
+        staging.mkdir()
+        settings = dict(label_map=label_map, max_seq_length=max_seq_length, stride=stride,
+                        scheme=scheme, on_invalid=on_invalid, compression=COMPRESSION[compression])
+        tasks = []
+        for name, scan in scans.items():
+            count = len(scan["offsets"])
+            for index, (offset, line) in enumerate(scan["offsets"]):
+                first = index * sentences_per_shard
+                tasks.append({"split": name, "index": index, "source": scan["path"],
+                              "format": scan["format"], "offset": offset, "line": line,
+                              "first_sentence_id": first,
+                              "sentences": min(sentences_per_shard, scan["sentences"] - first),
+                              "path": str(staging / shard_name(name, index, count))})
+        tasks.sort(key=lambda task: -task["sentences"])  # longest first: better load balance
+        for task in tasks:
+            task.update(settings)
+        if pool is None:
+            _init_worker(os.fspath(tokenizer), word_boundary_marker, the_format)
+        shards = _run(_write_shard, tasks, pool)
+        manifest = _build_manifest(scans, shards, info=info, label_map=label_map, scheme=scheme,
+                                   on_invalid=on_invalid, max_seq_length=max_seq_length,
+                                   stride=stride, compression=COMPRESSION[compression])
+        write_json_atomic(staging / MANIFEST_NAME, manifest)
+        _swap_into_place(staging, output_dir)
+        log(f"wrote {sum(s['records'] for s in shards)} windows in {len(shards)} shards to "
+            f"{output_dir} in {time.time() - started:.1f}s")
+        return manifest
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_into_place(staging: pathlib.Path, output_dir: pathlib.Path) -> None:
+    if output_dir.exists():
+        retired = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(output_dir, retired)
+        os.rename(staging, output_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, output_dir)
+
+
+def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme, on_invalid,
+                    max_seq_length, stride, compression) -> dict:
+    splits = {}
+    for name, scan in scans.items():
+        own = sorted((s for s in shards if s["split"] == name), key=lambda s: s["index"])
+        stats = collections.Counter()
+        entities: collections.Counter = collections.Counter()
+        repaired: collections.Counter = collections.Counter()
+        histogram = np.zeros(max_seq_length + 1, dtype=np.int64)
+        for shard in own:
+            stats.update(shard["stats"])
+            entities.update(shard["entities"])
+            repaired.update(shard["repaired"])
+            histogram += shard["histogram"]
+        pieces = stats["content_pieces"]
+        splits[name] = {
+            "source": {"path": scan["path"], "sha256": scan["sha256"], "bytes": scan["bytes"],
+                       "format": scan["format"]},
+            "counts": {
+                "sentences": scan["sentences"], "characters": scan["characters"],
+                "windows": int(stats["windows"]), "tokens": int(stats["tokens"]),
+                "content_pieces": int(pieces), "unknown_tokens": int(stats["unknown_tokens"]),
+                "unknown_token_rate": stats["unknown_tokens"] / pieces if pieces else 0.0,
+                "sentences_split": int(stats["sentences_split"]),
+                "pieceless_tokens": int(stats["pieceless_tokens"]),
+                "max_sentence_length": scan["max_sentence_length"],
+                "entities": dict(sorted(entities.items())),
+                # Entities as the file writes them: the above minus the repaired fragments.
+                "source_entities": {kind: count - repaired.get(kind, 0)
+                                    for kind, count in sorted(entities.items())},
+                "repaired_tags": dict(sorted(repaired.items())),
+                "tag_counts": dict(sorted(scan["tag_counts"].items())),
+            },
+            "length_histogram": histogram.tolist(),
+            "shards": [{key: shard[key] for key in ("file", "records", "bytes", "sha256")}
+                       for shard in own],
+        }
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": "data_pipeline.preprocess",
+        "label_map": list(label_map),
+        "max_seq_length": max_seq_length,
+        "stride": stride,
+        "compression": compression,
+        "tokenizer": info.to_json(),
+        "tag_scheme": {"source": scheme, "internal": "iob2"},
+        "on_invalid": on_invalid,
+        "record_features": list(records.SEQUENCE_FEATURES + records.SCALAR_FEATURES),
+        "ignore_id": records.IGNORE_ID,
+        "splits": splits,
+    }
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    splits = {name: getattr(f, name) for name in ("train", "dev", "test") if getattr(f, name)}
+    label_map = None
+    if f.label_map:
+        label_map = [label.strip() for label in f.label_map.split(",") if label.strip()]
+    try:
+        preprocess(splits, f.output_dir, f.tokenizer, max_seq_length=f.max_seq_length,
+                   stride=f.stride, input_format=f.input_format, tag_scheme=f.tag_scheme,
+                   on_invalid=f.on_invalid, label_map=label_map,
+                   word_boundary_marker=f.word_boundary_marker, compression=f.compression,
+                   sentences_per_shard=f.sentences_per_shard, num_workers=f.num_workers,
+                   overwrite=f.overwrite, log=lambda message: print(message, flush=True))
+    except (corpus.CorpusError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("train", None, "Train split corpus file (the label map is built from it).")
+    flags.DEFINE_string("dev", None, "Dev split corpus file.")
+    flags.DEFINE_string("test", None, "Test split corpus file.")
+    flags.DEFINE_string("output_dir", None, "Where shards and manifest.json are written.")
+    flags.DEFINE_string("tokenizer", None, "transformers fast tokenizer: a directory or hub name.")
+    flags.DEFINE_integer("max_seq_length", 128, "Pieces per window, special tokens included.")
+    flags.DEFINE_integer("stride", 32, "Most pieces shared by two windows of a long sentence.")
+    flags.DEFINE_enum("input_format", "auto", ["auto", *corpus.FORMATS], "Corpus file format.")
+    flags.DEFINE_enum("tag_scheme", "auto", ["auto", *corpus.SCHEMES], "Tag scheme of the files.")
+    flags.DEFINE_enum("on_invalid", "repair", list(corpus.ON_INVALID),
+                      "Continuation tag without an open entity: repair (start one) or fail.")
+    flags.DEFINE_string("label_map", None, "Comma-separated IOB2 labels, 'O' first (default: "
+                        "built from --train).")
+    flags.DEFINE_enum("word_boundary_marker", "auto", list(tokenization.WORD_BOUNDARY_MARKER),
+                      "SentencePiece `▁` before each token: auto drops it for character corpora.")
+    flags.DEFINE_enum("compression", "none", list(COMPRESSION), "TFRecord compression.")
+    flags.DEFINE_integer("sentences_per_shard", 8192, "Sentences per shard file.")
+    flags.DEFINE_integer("num_workers", None, "Worker processes (default: CPU count; 0: none).")
+    flags.DEFINE_boolean("overwrite", False, "Replace a finished output at --output_dir.")
+    flags.mark_flags_as_required(["output_dir", "tokenizer"])
+
+
+def run() -> None:
+    """Console entry point (`tagger-preprocess`)."""
+    from absl import app
+
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
