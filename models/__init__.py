@@ -6,3 +6,8 @@ import os
 # first time `tf.keras` is touched, so this must be set before anything imports TensorFlow.
 # With Keras 3, mixed precision silently leaves BERT in float32. See BUILD.md.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+from models.config import TaggerConfig  # noqa: E402
+from models.tagger import Tagger, build_tagger  # noqa: E402
+
+__all__ = ["TaggerConfig", "Tagger", "build_tagger"]

@@ -40,6 +40,11 @@ def _prepare(potentials: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tens
     return potentials, mask
 
 
+def _float32(value) -> tf.Tensor:
+    # Read variables into tensors first: XLA has no kernel for ResourceGatherNd.
+    return tf.cast(tf.convert_to_tensor(value), tf.float32)
+
+
 def crf_log_norm(
     potentials: tf.Tensor,
     mask: tf.Tensor,
@@ -61,9 +66,9 @@ def crf_log_norm(
       exp(path score); 0 for a row without any masked-in position.
     """
     potentials, mask = _prepare(potentials, mask)
-    transitions = tf.cast(transitions, tf.float32)
-    start_transitions = tf.cast(start_transitions, tf.float32)
-    end_transitions = tf.cast(end_transitions, tf.float32)
+    transitions = _float32(transitions)
+    start_transitions = _float32(start_transitions)
+    end_transitions = _float32(end_transitions)
     batch_size = tf.shape(potentials)[0]
     num_tags = tf.shape(potentials)[2]
 
@@ -122,6 +127,9 @@ def crf_sequence_score(
       float32 [batch]: start + unaries + transitions between consecutive labelled positions + end.
     """
     potentials, mask = _prepare(potentials, mask)
+    transitions = _float32(transitions)
+    start_transitions = _float32(start_transitions)
+    end_transitions = _float32(end_transitions)
     num_tags = tf.shape(potentials)[2]
     tag_ids = tf.where(mask, tf.cast(tag_ids, tf.int32), 0)
     unary = tf.reduce_sum(tf.one_hot(tag_ids, num_tags, dtype=tf.float32) * potentials, axis=2)
@@ -131,14 +139,13 @@ def crf_sequence_score(
     seq_len = tf.shape(mask)[1]
     pair_mask = tf.range(1, seq_len)[None, :] < lengths[:, None]  # [batch, seq_len - 1]
     pairs = tf.stack([packed[:, :-1], packed[:, 1:]], axis=-1)  # [batch, seq_len - 1, 2]
-    pair_scores = tf.gather_nd(tf.cast(transitions, tf.float32), pairs)
+    pair_scores = tf.gather_nd(transitions, pairs)
     transition_score = tf.reduce_sum(tf.where(pair_mask, pair_scores, 0.0), axis=1)
 
     has_labels = lengths > 0
     first_tag = packed[:, 0]
     last_tag = tf.gather(packed, tf.maximum(lengths - 1, 0), batch_dims=1)
-    boundary = (tf.gather(tf.cast(start_transitions, tf.float32), first_tag)
-                + tf.gather(tf.cast(end_transitions, tf.float32), last_tag))
+    boundary = tf.gather(start_transitions, first_tag) + tf.gather(end_transitions, last_tag)
     return unary_score + transition_score + tf.where(has_labels, boundary, 0.0)
 
 
@@ -176,9 +183,9 @@ def viterbi_decode(
        best_score float32 [batch], the unnormalised score of that path; 0 for an empty row).
     """
     potentials, mask = _prepare(potentials, mask)
-    transitions = tf.cast(transitions, tf.float32)
-    start_transitions = tf.cast(start_transitions, tf.float32)
-    end_transitions = tf.cast(end_transitions, tf.float32)
+    transitions = _float32(transitions)
+    start_transitions = _float32(start_transitions)
+    end_transitions = _float32(end_transitions)
     batch_size = tf.shape(potentials)[0]
     num_tags = tf.shape(potentials)[2]
     identity = tf.broadcast_to(tf.range(num_tags)[None, :], [batch_size, num_tags])

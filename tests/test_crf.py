@@ -217,3 +217,22 @@ def test_crf_layer_computes_in_float32_from_half_precision_inputs():
             tf.cast(half, tf.float32), np.zeros(mask.shape, np.int32), mask,
             transitions, start, end)
         np.testing.assert_allclose(log_likelihood.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_crf_layer_loss_and_gradient_compile_with_xla():
+    """With tf.Variable transitions (as in training), not only constants."""
+    layer = crf.CRF(3)
+    potentials, mask, transitions, start, end = _random_case(6)
+    layer.set_weights([transitions, start, end])
+    tag_ids = np.where(mask, 2, -100).astype(np.int32)
+
+    def loss_and_grads(values):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_sum(layer.log_likelihood(values, tag_ids, mask))
+        return loss, tape.gradient(loss, layer.trainable_variables)
+
+    eager_loss, eager_grads = loss_and_grads(potentials)
+    xla_loss, xla_grads = tf.function(loss_and_grads, jit_compile=True)(potentials)
+    np.testing.assert_allclose(xla_loss, eager_loss, rtol=1e-5)
+    for a, b in zip(xla_grads, eager_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,193 @@
+"""The tagger: encoder -> hidden-layer combination -> optional BiLSTM -> softmax or CRF head.
+
+The forward pass is split in two so a frozen encoder can run outside the gradient tape:
+
+    encoded = model.encode(input_ids, attention_mask, training)   # encoder only
+    logits = model.tag(encoded, attention_mask, training)          # everything trainable after
+
+`tag()` depends only on `encode()`'s output and the attention mask.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from models import encoders, heads
+from models.config import TaggerConfig
+
+
+class Tagger(tf.keras.Model):
+    """Sequence tagger (Keras 2 model). Build it with `build_tagger(config)`."""
+
+    def __init__(self, config: TaggerConfig, **kwargs):
+        super().__init__(name=kwargs.pop("name", "tagger"), **kwargs)
+        config.validate()
+        self.config = config
+        if config.encoder == "bert":
+            transformer = encoders.load_transformer(
+                pretrained=config.pretrained, encoder_config=config.encoder_config)
+            num_used = 1 if config.hidden_layers == "last" else config.num_hidden_layers_used
+            self.encoder = encoders.TransformerEncoder(transformer, num_layers_used=num_used)
+        else:
+            self.encoder = encoders.EmbeddingEncoder(config.vocab_size, config.embedding_dim)
+        self.combiner = encoders.HiddenLayerCombiner(
+            config.hidden_layers, config.num_hidden_layers_used)
+        self.feature_dropout = tf.keras.layers.Dropout(config.dropout, name="feature_dropout")
+        self.bilstm_layers = [
+            tf.keras.layers.Bidirectional(
+                tf.keras.layers.LSTM(config.bilstm_units, return_sequences=True),
+                name=f"bilstm_{i}")
+            for i in range(config.bilstm_layers)]
+        self.bilstm_dropouts = [
+            tf.keras.layers.Dropout(config.bilstm_dropout, name=f"bilstm_dropout_{i}")
+            for i in range(config.bilstm_layers)]
+        # float32 classifier: logits (and everything after them) stay float32 under mixed
+        # precision; it costs one [features x num_tags] matmul.
+        self.classifier = tf.keras.layers.Dense(
+            config.num_tags, dtype="float32",
+            kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+            name="classifier")
+        if config.head == "crf":
+            self._head = heads.CRFHead(
+                config.num_tags, label_map=config.label_map,
+                constrain_transitions=config.crf_constrain_transitions,
+                ignore_id=config.ignore_id)
+            self.crf = self._head.crf  # tracked by Keras (weights, checkpoints)
+        else:
+            self._head = heads.SoftmaxHead(ignore_id=config.ignore_id)
+            self.crf = None
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def encode(self, input_ids: tf.Tensor, attention_mask: tf.Tensor,
+               training: bool | None = False) -> dict[str, tuple[tf.Tensor, ...]]:
+        """Runs the encoder only.
+
+        Args:
+          input_ids: int32 [batch, seq_len].
+          attention_mask: int32 [batch, seq_len], 1 on real tokens (incl. specials), 0 on padding.
+          training: enables the encoder's dropout.
+
+        Returns:
+          {"hidden_states": tuple of N tensors [batch, seq_len, hidden]} in the compute dtype;
+          N = 1 for hidden_layers="last", else num_hidden_layers_used.
+        """
+        return self.encoder(input_ids, attention_mask, training=training)
+
+    def tag(self, encoded: dict[str, tuple[tf.Tensor, ...]], attention_mask: tf.Tensor,
+            training: bool | None = False) -> tf.Tensor:
+        """Everything after the encoder: layer combination, dropout, BiLSTM, classifier.
+
+        Args:
+          encoded: the output of `encode`.
+          attention_mask: int32 [batch, seq_len]; the BiLSTM skips padding in both directions.
+          training: enables dropout.
+
+        Returns:
+          logits: float32 [batch, seq_len, num_tags].
+        """
+        features = self.combiner(encoded["hidden_states"])  # [batch, seq_len, F]
+        features = self.feature_dropout(features, training=training)
+        if self.bilstm_layers:
+            mask = tf.cast(attention_mask, tf.bool)
+            for bilstm, dropout in zip(self.bilstm_layers, self.bilstm_dropouts):
+                # [batch, seq_len, 2 * units]; masked steps carry the state through, so in the
+                # backward direction the state entering the last real token is the initial one.
+                features = bilstm(features, mask=mask, training=training)
+                features = dropout(features, training=training)
+        return tf.cast(self.classifier(features), tf.float32)
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool | None = False) -> tf.Tensor:
+        """inputs: dict with input_ids, attention_mask int32 [batch, seq_len] (other keys are
+        ignored) -> logits float32 [batch, seq_len, num_tags]."""
+        encoded = self.encode(inputs["input_ids"], inputs["attention_mask"], training=training)
+        return self.tag(encoded, inputs["attention_mask"], training=training)
+
+    # ---- loss and decoding -----------------------------------------------------------------
+
+    def compute_loss(self, logits: tf.Tensor, label_ids: tf.Tensor,
+                     label_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Masked loss as a sum plus the number of counted tokens.
+
+        Softmax: sum of token cross-entropies. CRF: sum of sentence negative log-likelihoods,
+        the chain running over the counted positions only (holes allowed). The trainer divides
+        the summed loss by the GLOBAL count.
+
+        Args:
+          logits: float32 [batch, seq_len, num_tags] from `tag` / `call`.
+          label_ids: int32 [batch, seq_len], config.ignore_id where nothing is counted.
+          label_mask: optional bool [batch, seq_len]; if given, positions outside it are not
+            counted even if their label is not the ignore id.
+
+        Returns:
+          (loss_sum float32 [], count float32 []).
+        """
+        return self._head.loss(logits, label_ids, label_mask)
+
+    def decode(self, logits: tf.Tensor, label_mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Best tags at the labelled positions.
+
+        Args:
+          logits: float32 [batch, seq_len, num_tags].
+          label_mask: bool [batch, seq_len], positions carrying a label (char_index >= 0).
+
+        Returns:
+          (tag_ids int32 [batch, seq_len], 0 outside label_mask;
+           scores float32 [batch], log-probability of the decoded sequence under the model:
+           softmax: sum of the chosen tags' log-softmax; CRF: Viterbi path score minus the log
+           partition function, the path constrained to valid IOB2 if configured).
+        """
+        return self._head.decode(logits, label_mask)
+
+    @property
+    def transitions(self) -> tf.Variable:
+        """CRF transition scores float32 [num_tags, num_tags], indexed [from, to]."""
+        if self.crf is None:
+            raise AttributeError("transitions: this tagger has a softmax head, not a CRF")
+        return self.crf.transitions
+
+    # ---- variable groups -------------------------------------------------------------------
+
+    def variable_groups(self) -> dict[str, list[tf.Variable]]:
+        """Trainable variables in named groups, in order: "embeddings", "encoder_layer_0" ..
+        "encoder_layer_{L-1}" ("encoder_other" for architectures with variables outside both),
+        "layer_mix", "bilstm", "head", "crf". Empty groups are omitted; every trainable variable
+        is in exactly one group.
+
+        Raises:
+          RuntimeError: the groups do not cover the trainable variables exactly once.
+        """
+        groups = dict(self.encoder.variable_groups())
+        groups["layer_mix"] = list(self.combiner.trainable_variables)
+        groups["bilstm"] = [v for layer in self.bilstm_layers for v in layer.trainable_variables]
+        groups["head"] = list(self.classifier.trainable_variables)
+        groups["crf"] = list(self.crf.trainable_variables) if self.crf is not None else []
+        groups = {name: variables for name, variables in groups.items() if variables}
+        grouped = [v.ref() for variables in groups.values() for v in variables]
+        expected = {v.ref() for v in self.trainable_variables}
+        if len(grouped) != len(set(grouped)) or set(grouped) != expected:
+            missing = sorted(r.deref().name for r in expected - set(grouped))
+            raise RuntimeError(f"variable groups do not cover the trainable variables exactly "
+                               f"once; ungrouped: {missing}")
+        return groups
+
+    def encoder_group_names(self) -> list[str]:
+        """Names of the groups that belong to the encoder (not "layer_mix", which runs in
+        `tag()` and trains even when the encoder is frozen)."""
+        return list(self.encoder.variable_groups())
+
+
+def build_tagger(config: TaggerConfig) -> Tagger:
+    """Creates a tagger and builds all its variables (call it after setting the mixed
+    precision policy, which the layers pick up when they are created).
+
+    Args:
+      config: a TaggerConfig; validated again here.
+
+    Returns:
+      A built Tagger (tf.keras.Model).
+    """
+    model = Tagger(config)
+    dummy = {"input_ids": tf.zeros([1, 2], tf.int32), "attention_mask": tf.ones([1, 2], tf.int32)}
+    model(dummy, training=False)
+    return model
