@@ -1,0 +1,247 @@
+"""Tests for trainer.summaries: every tag read back from the event files, with its values."""
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+
+import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
+from trainer import evaluation, summaries  # noqa: E402
+
+LABEL_MAP = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+GROUPS = ("embeddings", "encoder_layer_0", "bilstm", "head", "crf")
+TRAIN_STEPS = (10, 20, 30)
+EVAL_STEPS = (20, 30)
+
+SENTENCES = [list("今天天气很好"), list("中国人民银行在北京"), list("小明去上海")]
+PREDICTIONS = [
+    evaluation.SentencePrediction(0, ["O"] * 6, ["O"] * 6, np.ones(6, bool)),
+    evaluation.SentencePrediction(
+        1, ["B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "B-LOC", "I-LOC"],
+        ["B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "B-LOC", "I-LOC"],
+        np.ones(9, bool)),
+    evaluation.SentencePrediction(
+        2, ["B-PER", "I-PER", "O", "B-ORG", "I-ORG"], ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"],
+        np.ones(5, bool)),
+]
+CONFIG = {"model": {"encoder": "bert", "bilstm_units": 128, "pretrained": None,
+                    "hidden_layers": "concat"},
+          "optimizer": {"head_lr": 1e-3, "schedule": ["warmup", "linear"]},
+          "mixed_precision": "fp16", "freeze_encoder": True, "seed": 7}
+
+
+def train_values(step):
+    return dict(loss=1.0 / step,
+                lr_by_group={g: 1e-4 * (i + 1) * step for i, g in enumerate(GROUPS)},
+                grad_norm_by_group={g: 0.5 + i + step / 100 for i, g in enumerate(GROUPS)},
+                loss_scale=2.0 ** 15, tokens_per_s=1000.0 + step, sentences_per_s=50.0 + step)
+
+
+def eval_metrics(step, split):
+    metrics = {"f1": 0.5 + step / 100, "precision": 0.4 + step / 100, "recall": 0.6,
+               "token_accuracy": 0.9, "loss": 2.0 / step}
+    for i, entity_type in enumerate(("LOC", "ORG", "PER")):
+        for name in ("f1", "precision", "recall"):
+            metrics[f"{name}/{entity_type}"] = 0.1 * i + step / 1000
+    return metrics
+
+
+def transitions(step):
+    matrix = np.linspace(-2, 3, 49).reshape(7, 7).astype(np.float32) * step / 30
+    matrix[0, 2] = -1e4  # O -> I-LOC: forbidden
+    return matrix
+
+
+def write_example_run(run_dir):
+    """Writes what a short training run writes; returns {tag: {step: value}} of the scalars."""
+    expected = {}
+    with summaries.SummaryWriter(run_dir) as writer:
+        writer.hparams(CONFIG)
+        for step in TRAIN_STEPS:
+            values = train_values(step)
+            # Positional, as trainer-core calls it.
+            writer.train_step(step, values["loss"], values["lr_by_group"],
+                              values["grad_norm_by_group"], values["loss_scale"],
+                              values["tokens_per_s"], values["sentences_per_s"])
+            expected.setdefault("train/loss", {})[step] = values["loss"]
+            expected.setdefault("train/loss_scale", {})[step] = values["loss_scale"]
+            expected.setdefault("train/tokens_per_s", {})[step] = values["tokens_per_s"]
+            expected.setdefault("train/sentences_per_s", {})[step] = values["sentences_per_s"]
+            for group in GROUPS:
+                expected.setdefault(f"train/lr/{group}", {})[step] = values["lr_by_group"][group]
+                expected.setdefault(f"train/grad_norm/{group}", {})[step] = (
+                    values["grad_norm_by_group"][group])
+        for step in EVAL_STEPS:
+            for key, value in eval_metrics(step, "dev").items():
+                expected.setdefault(f"dev/{key}", {})[step] = value
+            writer.eval(step, "dev", {k: tf.constant(v) if k == "loss" else v
+                                      for k, v in eval_metrics(step, "dev").items()})
+            writer.text_examples(step, PREDICTIONS, SENTENCES, split="dev")
+            writer.transitions_image(step, tf.Variable(transitions(step)), LABEL_MAP)
+        for key, value in eval_metrics(30, "test").items():
+            expected.setdefault(f"test/{key}", {})[30] = value
+        writer.eval(30, "test", eval_metrics(30, "test"))
+    return expected
+
+
+def load_events(run_dir):
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    expected = write_example_run(run_dir)
+    return run_dir, expected, load_events(run_dir)
+
+
+# Every scalar the issue lists, for a CRF model with the groups above.
+REQUIRED_SCALARS = (
+    ["train/loss", "train/loss_scale", "train/tokens_per_s", "train/sentences_per_s"]
+    + [f"train/lr/{g}" for g in GROUPS] + [f"train/grad_norm/{g}" for g in GROUPS]
+    + [f"{split}/{name}" for split in ("dev", "test")
+       for name in ("f1", "precision", "recall", "token_accuracy", "loss",
+                    "f1/LOC", "f1/ORG", "f1/PER", "precision/PER", "recall/PER",
+                    "precision/LOC", "recall/ORG")])
+
+
+def test_every_scalar_with_its_values(run):
+    run_dir, expected, accumulator = run
+    tags = set(accumulator.Tags()["tensors"])
+    assert set(REQUIRED_SCALARS) <= tags
+    assert set(expected) <= tags
+    for tag, by_step in expected.items():
+        events = accumulator.Tensors(tag)
+        assert [e.step for e in events] == sorted(by_step), tag
+        for event in events:
+            value = tf.make_ndarray(event.tensor_proto)
+            assert value.shape == () and value.dtype == np.float32, tag
+            assert value == pytest.approx(by_step[event.step], rel=1e-6), (tag, event.step)
+    assert accumulator.Tensors("train/lr/head")[-1].step == 30
+    assert tf.make_ndarray(accumulator.Tensors("train/lr/head")[-1].tensor_proto) == (
+        pytest.approx(4e-4 * 30))
+
+
+def test_text_examples(run):
+    _, _, accumulator = run
+    events = accumulator.Tensors("dev/examples")
+    assert [e.step for e in events] == list(EVAL_STEPS)
+    markdown = tf.make_ndarray(events[-1].tensor_proto).item().decode("utf-8")
+    assert markdown == summaries.examples_markdown(PREDICTIONS, SENTENCES)
+    assert markdown.splitlines() == [
+        "| id | sentence | gold entities | predicted entities |",
+        "|---:|---|---|---|",
+        "| 1 | 中国人民银行在北京 | 中国人民银行 (ORG), 北京 (LOC) | 中国人民银行 (ORG), 北京 (LOC) |",
+        "| 2 | 小明去上海 | 小明 (PER), 上海 (LOC) | 小明 (PER), ~~上海 (ORG)~~ |",
+    ]
+    plugin = accumulator.SummaryMetadata("dev/examples").plugin_data.plugin_name
+    assert plugin == "text"
+
+
+def test_examples_markdown_escapes_and_limits():
+    predictions = [evaluation.SentencePrediction(i, ["O", "O"], ["B-PER", "O"], None)
+                   for i in range(4)]
+    sentences = [["|", "a"], ["*", "b"], ["c", "d"], ["e", "f"]]
+    rows = summaries.examples_markdown(predictions, sentences, max_examples=2).splitlines()
+    assert rows[2:] == ["| 0 | \\|a | \\| (PER) | (none) |", "| 1 | \\*b | \\* (PER) | (none) |"]
+    words = [evaluation.SentencePrediction(0, ["B-LOC", "I-LOC"], ["B-LOC", "I-LOC"], None)]
+    assert "New York (LOC)" in summaries.examples_markdown(words, [["New", "York"]])
+    empty = summaries.examples_markdown([PREDICTIONS[0]], SENTENCES)
+    assert "(no sentence with a gold entity)" in empty
+
+
+def test_transitions_image(run):
+    _, _, accumulator = run
+    events = accumulator.Tensors("crf/transitions")
+    assert [e.step for e in events] == list(EVAL_STEPS)
+    width, height, png = tf.make_ndarray(events[-1].tensor_proto)
+    image = tf.io.decode_png(png).numpy()
+    assert image.shape == (int(height), int(width), 3)
+    assert np.array_equal(image, summaries.render_heatmap(transitions(30), labels=LABEL_MAP))
+    description = accumulator.SummaryMetadata("crf/transitions").summary_description
+    assert "2=I-LOC" in description and "row = from tag" in description
+
+
+def test_render_heatmap_colours():
+    values = np.array([[0.0, 2.0], [-2.0, -1e4]])
+    image = summaries.render_heatmap(values, cell_size=3)
+    assert image.shape == (6, 6, 3) and image.dtype == np.uint8
+    assert image[0, 0].tolist() == [255, 255, 255]   # 0: white
+    assert image[0, 3].tolist() == [178, 24, 43]     # the largest learned value: full red
+    assert image[3, 0].tolist() == [33, 102, 172]    # its negative: full blue
+    assert image[3, 3].tolist() == [96, 96, 96]      # a constraint: gray, not the scale's end
+    half = summaries.render_heatmap(np.array([[1.0, 2.0]]), cell_size=1)
+    assert half[0, 0].tolist() == [round(255 + 0.5 * (178 - 255)), round(255 + 0.5 * (24 - 255)),
+                                   round(255 + 0.5 * (43 - 255))]
+
+    labelled = summaries.render_heatmap(values, labels=["O", "B-X"], cell_size=14)
+    text_width = summaries.render_text("B-X").shape[1]
+    assert labelled.shape == (text_width + 8 + 28, text_width + 8 + 28, 3)
+    margin = labelled[:text_width + 8, :text_width + 8]
+    assert (margin == 255).all()                       # top-left corner: empty
+    row_labels = labelled[text_width + 8:, :text_width + 8]
+    column_labels = labelled[:text_width + 8, text_width + 8:]
+    assert (row_labels == 0).any() and (column_labels == 0).any()
+    # The column labels are the row labels turned a quarter.
+    assert (row_labels == 0).sum() == (column_labels == 0).sum()
+    with pytest.raises(ValueError, match="3 labels for a 2x2"):
+        summaries.render_heatmap(values, labels=["O", "B", "I"])
+
+
+def test_render_text_font():
+    bitmap = summaries.render_text("I-0", scale=1)
+    assert bitmap.shape == (5, 12)
+    assert ["".join("#" if v else "." for v in row) for row in bitmap] == [
+        "###.....###.",
+        ".#......#.#.",
+        ".#..###.#.#.",
+        ".#......#.#.",
+        "###.....###.",
+    ]
+    assert summaries.render_text("ab", scale=2).shape == (10, 16)
+
+
+def test_hparams(run):
+    run_dir, _, accumulator = run
+    content = accumulator.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content)
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    hparams = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+               for name, value in start.hparams.items()}
+    assert hparams == {
+        "model.encoder": "bert", "model.bilstm_units": 128.0, "model.pretrained": "None",
+        "model.hidden_layers": "concat", "optimizer.head_lr": 1e-3,
+        "optimizer.schedule": '["warmup", "linear"]', "mixed_precision": "fp16",
+        "freeze_encoder": True, "seed": 7.0}
+    assert start.group_name == os.path.basename(run_dir)  # the trial id
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == list(summaries.DEFAULT_HPARAM_METRICS)
+    assert {h.name for h in experiment.hparam_infos} == set(hparams)
+
+
+def test_flatten_config():
+    assert summaries.flatten_config(
+        {"a": {"b": 1, "c": {"d": True}}, "e": None, "f": (1, "x"), "g": np.float32(0.5),
+         "h": np.int64(3), "i": "s", "j": pytest}) == {
+        "a.b": 1.0, "a.c.d": True, "e": "None", "f": '[1, "x"]', "g": 0.5, "h": 3.0, "i": "s",
+        "j": str(pytest)}
+    assert type(summaries.flatten_config({"x": True})["x"]) is bool
+
+
+def test_optional_scalars_are_skipped(tmp_path):
+    with summaries.SummaryWriter(tmp_path) as writer:
+        writer.train_step(1, 0.5, {"head": 1e-3}, None, None, None, None)
+        writer.train_step(2, np.float32(0.25), lr_by_group={"head": tf.constant(2e-3)})
+    accumulator = load_events(tmp_path)
+    assert sorted(accumulator.Tags()["tensors"]) == ["train/loss", "train/lr/head"]
+    assert [tf.make_ndarray(e.tensor_proto).item() for e in accumulator.Tensors("train/loss")] == [
+        0.5, 0.25]

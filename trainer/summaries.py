@@ -1,0 +1,367 @@
+"""TensorBoard summaries of a run: training and evaluation scalars, dev examples, hparams, CRF.
+
+All summaries are TF2 `tf.summary` ops, written eagerly from plain Python into one event-file
+directory (no subdirectories per split: the tag prefix says the split). Tags:
+
+    train/loss  train/lr/<group>  train/grad_norm/<group>  train/loss_scale (fp16 only)
+    train/tokens_per_s  train/sentences_per_s
+    <split>/f1  <split>/precision  <split>/recall  <split>/f1/<TYPE> ...  <split>/token_accuracy
+    <split>/loss                                   (one per key of evaluation's metrics)
+    <split>/examples     text: a markdown table of a few sentences, gold and predicted entities
+    crf/transitions      image: the transition matrix as a heatmap
+    hparams              the resolved config, for the HParams dashboard
+
+TF2 summaries are stored as tensors: read them back with
+`EventAccumulator(path).Tensors(tag)` (not `.Scalars`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from trainer import evaluation
+
+# Evaluation scalars the HParams dashboard shows as columns.
+DEFAULT_HPARAM_METRICS = ("dev/f1", "dev/precision", "dev/recall", "dev/loss",
+                          "test/f1", "test/precision", "test/recall")
+
+# Transition scores at least this large in magnitude (or not finite) are constraints, not learned
+# values (models.crf uses -1e4 for a forbidden transition); the heatmap shows them in gray so they
+# do not flatten the colour scale of the rest.
+CONSTRAINT_MAGNITUDE = 1e3
+
+
+def _to_float(value: Any) -> float:
+    """A Python float from a number, numpy scalar or scalar tensor."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    return float(value)
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str | float | bool]:
+    """Flattens a (nested) config into hparams values: {"optimizer": {"lr": 1}} ->
+    {"optimizer.lr": 1.0}. bool stays bool, other numbers become float, None and strings become
+    str, lists and tuples their JSON text, anything else its str()."""
+    flat: dict[str, str | float | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, prefix=name + "."))
+        elif isinstance(value, (bool, np.bool_)):
+            flat[name] = bool(value)
+        elif isinstance(value, (int, float, np.integer, np.floating)):
+            flat[name] = float(value)
+        elif isinstance(value, str):
+            flat[name] = value
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, ensure_ascii=False, default=str)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class SummaryWriter:
+    """Writes the run's TensorBoard summaries into `run_dir`.
+
+    Example:
+        writer = SummaryWriter(run_dir)
+        writer.hparams(config_dict)
+        writer.train_step(step, loss, {"head": 1e-3}, {"head": 0.7}, None, 5e3, 120.0)
+        writer.eval(step, "dev", result.metrics)
+        writer.close()
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, flush_millis: int = 10_000):
+        """Args:
+          run_dir: directory of the event files (created if needed).
+          flush_millis: longest time a summary waits in memory before it is written.
+        """
+        import tensorflow as tf
+
+        self._tf = tf
+        self.logdir = os.fspath(run_dir)
+        self._writer = tf.summary.create_file_writer(self.logdir, flush_millis=flush_millis)
+
+    # ---- scalars -------------------------------------------------------------------------------
+
+    def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+        """Writes {tag: number} at `step`; None values are skipped."""
+        tf = self._tf
+        with self._writer.as_default():
+            for tag, value in values.items():
+                if value is not None:
+                    tf.summary.scalar(tag, _to_float(value), step=int(step))
+
+    def train_step(self, step: int, loss: Any,
+                   lr_by_group: Mapping[str, Any] | None = None,
+                   grad_norm_by_group: Mapping[str, Any] | None = None,
+                   loss_scale: Any = None, tokens_per_s: Any = None,
+                   sentences_per_s: Any = None) -> None:
+        """Writes the training scalars of one logged step.
+
+        Args:
+          step: the global step.
+          loss: mean training loss (per counted token) since the last log.
+          lr_by_group: {group name: learning rate} -> "train/lr/<group>".
+          grad_norm_by_group: {group name: global gradient norm of the group} ->
+            "train/grad_norm/<group>".
+          loss_scale: the fp16 dynamic loss scale; None (no loss scaling) writes nothing.
+          tokens_per_s, sentences_per_s: throughput; None writes nothing.
+        """
+        values = {"train/loss": loss, "train/loss_scale": loss_scale,
+                  "train/tokens_per_s": tokens_per_s, "train/sentences_per_s": sentences_per_s}
+        for group, lr in (lr_by_group or {}).items():
+            values[f"train/lr/{group}"] = lr
+        for group, norm in (grad_norm_by_group or {}).items():
+            values[f"train/grad_norm/{group}"] = norm
+        self.scalars(step, values)
+
+    def eval(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+        """Writes every metric of an evaluation as "<split>/<key>", e.g. "dev/f1/PER"."""
+        self.scalars(step, {f"{split}/{key}": value for key, value in metrics.items()})
+
+    # ---- text ----------------------------------------------------------------------------------
+
+    def text_examples(self, step: int, predictions: Sequence[evaluation.SentencePrediction],
+                      sentences: Sequence[Sequence[str]], *, split: str = "dev",
+                      max_examples: int = 5) -> str:
+        """Writes "<split>/examples": a markdown table of a few sentences with their gold and
+        predicted entities.
+
+        The sentences shown are the first `max_examples` (by sentence_id) that have a gold entity,
+        so the same sentences appear at every step and can be compared over training.
+
+        Args:
+          step: the global step.
+          predictions: as in `evaluation.EvaluationResult.predictions`.
+          sentences: source tokens (characters) indexed by sentence_id.
+          split: tag prefix.
+          max_examples: how many sentences to show.
+
+        Returns:
+          The markdown written.
+        """
+        markdown = examples_markdown(predictions, sentences, max_examples=max_examples)
+        with self._writer.as_default():
+            self._tf.summary.text(f"{split}/examples", markdown, step=int(step))
+        return markdown
+
+    # ---- hparams -------------------------------------------------------------------------------
+
+    def hparams(self, config: Mapping[str, Any], *,
+                metrics: Sequence[str] = DEFAULT_HPARAM_METRICS,
+                trial_id: str | None = None) -> dict[str, str | float | bool]:
+        """Records the run's configuration for the HParams dashboard.
+
+        Args:
+          config: the resolved config (nested dicts are flattened to "a.b" keys).
+          metrics: scalar tags the dashboard shows next to the hparams.
+          trial_id: the run's name in the dashboard; default: the run directory's name.
+
+        Returns:
+          The flattened hparams that were written.
+        """
+        from tensorboard.plugins.hparams import api as hp
+
+        flat = flatten_config(config)
+        with self._writer.as_default():
+            hp.hparams_config(hparams=[hp.HParam(name) for name in flat],
+                              metrics=[hp.Metric(tag) for tag in metrics])
+            hp.hparams(flat, trial_id=trial_id or os.path.basename(os.path.abspath(self.logdir)))
+        return flat
+
+    # ---- CRF transitions -----------------------------------------------------------------------
+
+    def transitions_image(self, step: int, matrix: Any,
+                          label_map: Sequence[str] | None = None, *,
+                          tag: str = "crf/transitions") -> np.ndarray:
+        """Writes the CRF transition matrix as a heatmap image.
+
+        Args:
+          step: the global step.
+          matrix: float [num_tags, num_tags] (array, tensor or variable), indexed [from, to].
+          label_map: tag names; drawn as row and column labels if given.
+          tag: the image's tag.
+
+        Returns:
+          The image, uint8 [height, width, 3].
+        """
+        values = np.asarray(matrix.numpy() if hasattr(matrix, "numpy") else matrix, np.float64)
+        image = render_heatmap(values, labels=label_map)
+        scale = _color_scale(values)
+        names = ", ".join(f"{i}={name}" for i, name in enumerate(label_map or []))
+        description = (f"CRF transition scores, row = from tag, column = to tag. Blue < 0 < red, "
+                       f"full colour at |score| = {scale:.3g}; gray: constraint (|score| >= "
+                       f"{CONSTRAINT_MAGNITUDE:g} or not finite). {names}")
+        with self._writer.as_default():
+            self._tf.summary.image(tag, image[None], step=int(step), description=description)
+        return image
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> SummaryWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown for the text panel
+# ------------------------------------------------------------------------------------------------
+
+_MARKDOWN_SPECIAL = "\\`*_[]<>#|~"
+
+
+def _escape_markdown(text: str) -> str:
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+
+
+def _entity_text(tokens: Sequence[str], entity: evaluation.Entity) -> str:
+    separator = "" if all(len(t) == 1 for t in tokens) else " "  # characters vs words
+    return _escape_markdown(separator.join(tokens[entity.start:entity.end])) + f" ({entity.type})"
+
+
+def examples_markdown(predictions: Sequence[evaluation.SentencePrediction],
+                      sentences: Sequence[Sequence[str]], *, max_examples: int = 5) -> str:
+    """A markdown table: sentence id, sentence, gold entities, predicted entities (a wrong
+    prediction is struck through). Shows the first `max_examples` sentences with a gold entity."""
+    rows = ["| id | sentence | gold entities | predicted entities |",
+            "|---:|---|---|---|"]
+    shown = 0
+    for prediction in sorted(predictions, key=lambda p: p.sentence_id):
+        if shown >= max_examples:
+            break
+        gold = evaluation.extract_entities(prediction.gold)
+        if not gold:
+            continue
+        tokens = list(sentences[prediction.sentence_id])
+        pred = evaluation.extract_entities(prediction.pred)
+        gold_set = set(gold)
+        separator = "" if all(len(t) == 1 for t in tokens) else " "
+        rendered_pred = [_entity_text(tokens, e) if e in gold_set
+                         else f"~~{_entity_text(tokens, e)}~~" for e in pred]
+        rows.append(f"| {prediction.sentence_id} | {_escape_markdown(separator.join(tokens))} | "
+                    f"{', '.join(_entity_text(tokens, e) for e in gold)} | "
+                    f"{', '.join(rendered_pred) or '(none)'} |")
+        shown += 1
+    if not shown:
+        rows.append("| | (no sentence with a gold entity) | | |")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Heatmap rendering (numpy only)
+# ------------------------------------------------------------------------------------------------
+
+# A 3x5 pixel font for tag names, one row per "/" ("#" = ink): upper-case letters, digits,
+# a few signs.
+_GLYPHS = {
+    "A": ".#./#.#/###/#.#/#.#", "B": "##./#.#/##./#.#/##.", "C": ".##/#../#../#../.##",
+    "D": "##./#.#/#.#/#.#/##.", "E": "###/#../##./#../###", "F": "###/#../##./#../#..",
+    "G": ".##/#../#.#/#.#/.##", "H": "#.#/#.#/###/#.#/#.#", "I": "###/.#./.#./.#./###",
+    "J": "..#/..#/..#/#.#/.#.", "K": "#.#/#.#/##./#.#/#.#", "L": "#../#../#../#../###",
+    "M": "#.#/###/###/#.#/#.#", "N": "##./#.#/#.#/#.#/#.#", "O": ".#./#.#/#.#/#.#/.#.",
+    "P": "##./#.#/##./#../#..", "Q": ".#./#.#/#.#/.#./..#", "R": "##./#.#/##./#.#/#.#",
+    "S": ".##/#../.#./..#/##.", "T": "###/.#./.#./.#./.#.", "U": "#.#/#.#/#.#/#.#/###",
+    "V": "#.#/#.#/#.#/#.#/.#.", "W": "#.#/#.#/###/###/#.#", "X": "#.#/#.#/.#./#.#/#.#",
+    "Y": "#.#/#.#/.#./.#./.#.", "Z": "###/..#/.#./#../###", "0": "###/#.#/#.#/#.#/###",
+    "1": ".#./##./.#./.#./###", "2": "##./..#/.#./#../###", "3": "##./..#/.#./..#/##.",
+    "4": "#.#/#.#/###/..#/..#", "5": "###/#../##./..#/##.", "6": ".##/#../###/#.#/###",
+    "7": "###/..#/.#./.#./.#.", "8": "###/#.#/###/#.#/###", "9": "###/#.#/###/..#/##.",
+    "-": ".../.../###/.../...", "_": ".../.../.../.../###", ".": ".../.../.../.../.#.",
+    "/": "..#/..#/.#./#../#..", " ": ".../.../.../.../...",
+}
+_GLYPH_W, _GLYPH_H = 3, 5
+
+
+def _glyph(char: str) -> np.ndarray:
+    """bool [5, 3]; an unknown character is a filled box."""
+    rows = _GLYPHS.get(char.upper(), "/".join(["###"] * _GLYPH_H)).split("/")
+    return np.array([[c == "#" for c in row] for row in rows], bool)
+
+
+def render_text(text: str, *, scale: int = 2) -> np.ndarray:
+    """Renders `text` with the built-in 3x5 font: bool [5 * scale, 4 * scale * len(text)]."""
+    if not text:
+        return np.zeros([_GLYPH_H * scale, 0], bool)
+    spaced = [np.pad(_glyph(c), ((0, 0), (0, 1))) for c in text]  # one column between glyphs
+    bitmap = np.concatenate(spaced, axis=1)
+    return bitmap.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _color_scale(values: np.ndarray) -> float:
+    learned = values[np.isfinite(values) & (np.abs(values) < CONSTRAINT_MAGNITUDE)]
+    peak = float(np.max(np.abs(learned))) if learned.size else 0.0
+    return peak if peak > 0 else 1.0
+
+
+_NEGATIVE = np.array([33, 102, 172], np.float64)   # blue
+_POSITIVE = np.array([178, 24, 43], np.float64)    # red
+_WHITE = np.array([255, 255, 255], np.float64)
+_CONSTRAINT = np.array([96, 96, 96], np.uint8)      # gray
+
+
+def render_heatmap(values: np.ndarray, *, labels: Sequence[str] | None = None,
+                   cell_size: int = 14, font_scale: int = 2) -> np.ndarray:
+    """Renders a matrix as a diverging heatmap (blue < 0 < red, white at 0).
+
+    The colour scale is symmetric, full colour at the largest |value| that is not a constraint
+    (see CONSTRAINT_MAGNITUDE); constraints are gray. With `labels`, row labels are drawn on the
+    left and column labels, rotated, on top.
+
+    Args:
+      values: float [rows, cols].
+      labels: optional names of the rows (and columns: the matrix is square then).
+      cell_size: pixels per cell side.
+      font_scale: pixel size of one font dot.
+
+    Returns:
+      uint8 [height, width, 3] RGB image.
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"render_heatmap: expected a matrix, got shape {values.shape}")
+    rows, cols = values.shape
+    constraint = ~np.isfinite(values) | (np.abs(values) >= CONSTRAINT_MAGNITUDE)
+    t = np.clip(np.where(constraint, 0.0, values) / _color_scale(values), -1.0, 1.0)[..., None]
+    colors = np.where(t < 0, _WHITE - t * (_NEGATIVE - _WHITE), _WHITE + t * (_POSITIVE - _WHITE))
+    colors = np.round(colors).astype(np.uint8)
+    colors[constraint] = _CONSTRAINT
+    cells = colors.repeat(cell_size, axis=0).repeat(cell_size, axis=1)  # [rows*cell, cols*cell, 3]
+
+    if not labels:
+        return cells
+    labels = list(labels)
+    if len(labels) != rows or rows != cols:
+        raise ValueError(f"render_heatmap: {len(labels)} labels for a {rows}x{cols} matrix")
+    margin = 4
+    bitmaps = [render_text(label, scale=font_scale) for label in labels]
+    label_width = max(b.shape[1] for b in bitmaps) + 2 * margin
+    height, width = label_width + rows * cell_size, label_width + cols * cell_size
+    image = np.full([height, width, 3], 255, np.uint8)
+    image[label_width:, label_width:] = cells
+    for i, bitmap in enumerate(bitmaps):
+        h, w = bitmap.shape
+        # Row label: right-aligned, vertically centred on row i.
+        top = label_width + i * cell_size + max((cell_size - h) // 2, 0)
+        left = label_width - margin - w
+        image[top:top + h, left:left + w][bitmap[:cell_size]] = 0
+        # Column label: rotated a quarter turn (reads bottom to top), centred on column i.
+        rotated = np.rot90(bitmap)
+        rh, rw = rotated.shape
+        top = label_width - margin - rh
+        left = label_width + i * cell_size + max((cell_size - rw) // 2, 0)
+        image[top:top + rh, left:left + rw][rotated[:, :cell_size]] = 0
+    return image
