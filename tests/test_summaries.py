@@ -154,7 +154,19 @@ def test_examples_markdown_escapes_and_limits():
     words = [evaluation.SentencePrediction(0, ["B-LOC", "I-LOC"], ["B-LOC", "I-LOC"], None)]
     assert "New York (LOC)" in summaries.examples_markdown(words, [["New", "York"]])
     empty = summaries.examples_markdown([PREDICTIONS[0]], SENTENCES)
-    assert "(no sentence with a gold entity)" in empty
+    assert "(no sentence to show)" in empty
+
+
+def test_text_examples_from_triples(tmp_path):
+    triples = [(SENTENCES[p.sentence_id], p.gold, p.pred) for p in PREDICTIONS]
+    with summaries.SummaryWriter(tmp_path) as writer:
+        markdown = writer.text_examples(5, triples, max_examples=2)
+    # The caller chose the sentences: shown as given, even without entities.
+    assert markdown.splitlines()[2:] == [
+        "| 0 | 今天天气很好 | (none) | (none) |",
+        "| 1 | 中国人民银行在北京 | 中国人民银行 (ORG), 北京 (LOC) | 中国人民银行 (ORG), 北京 (LOC) |"]
+    [event] = load_events(tmp_path).Tensors("dev/examples")
+    assert tf.make_ndarray(event.tensor_proto).item().decode("utf-8") == markdown
 
 
 def test_transitions_image(run):

@@ -127,18 +127,23 @@ class SummaryWriter:
 
     # ---- text ----------------------------------------------------------------------------------
 
-    def text_examples(self, step: int, predictions: Sequence[evaluation.SentencePrediction],
-                      sentences: Sequence[Sequence[str]], *, split: str = "dev",
+    def text_examples(self, step: int, examples: Sequence[Any],
+                      sentences: Sequence[Sequence[str]] | None = None, *, split: str = "dev",
                       max_examples: int = 5) -> str:
         """Writes "<split>/examples": a markdown table of a few sentences with their gold and
-        predicted entities.
+        predicted entities (wrong predictions struck through).
 
-        The sentences shown are the first `max_examples` (by sentence_id) that have a gold entity,
-        so the same sentences appear at every step and can be compared over training.
+        Two ways to call it:
+          text_examples(step, result.predictions, sentences): shows the first `max_examples`
+            sentences (by sentence_id) that have a gold entity, so the same sentences appear at
+            every step and can be compared over training.
+          text_examples(step, [(tokens, gold_tags, pred_tags), ...]): shows the given sentences
+            (the first `max_examples` of them).
 
         Args:
           step: the global step.
-          predictions: as in `evaluation.EvaluationResult.predictions`.
+          examples: `evaluation.SentencePrediction`s (with `sentences`), or
+            (tokens, gold_tags, pred_tags) triples (without).
           sentences: source tokens (characters) indexed by sentence_id.
           split: tag prefix.
           max_examples: how many sentences to show.
@@ -146,7 +151,13 @@ class SummaryWriter:
         Returns:
           The markdown written.
         """
-        markdown = examples_markdown(predictions, sentences, max_examples=max_examples)
+        if sentences is None:
+            predictions = [evaluation.SentencePrediction(i, list(pred), list(gold), None)
+                           for i, (_, gold, pred) in enumerate(examples)]
+            markdown = examples_markdown(predictions, [tokens for tokens, _, _ in examples],
+                                         max_examples=max_examples, only_with_entities=False)
+        else:
+            markdown = examples_markdown(examples, sentences, max_examples=max_examples)
         with self._writer.as_default():
             self._tf.summary.text(f"{split}/examples", markdown, step=int(step))
         return markdown
@@ -234,9 +245,11 @@ def _entity_text(tokens: Sequence[str], entity: evaluation.Entity) -> str:
 
 
 def examples_markdown(predictions: Sequence[evaluation.SentencePrediction],
-                      sentences: Sequence[Sequence[str]], *, max_examples: int = 5) -> str:
+                      sentences: Sequence[Sequence[str]], *, max_examples: int = 5,
+                      only_with_entities: bool = True) -> str:
     """A markdown table: sentence id, sentence, gold entities, predicted entities (a wrong
-    prediction is struck through). Shows the first `max_examples` sentences with a gold entity."""
+    prediction is struck through). Shows the first `max_examples` sentences, by sentence_id,
+    skipping sentences without a gold entity if `only_with_entities`."""
     rows = ["| id | sentence | gold entities | predicted entities |",
             "|---:|---|---|---|"]
     shown = 0
@@ -244,7 +257,7 @@ def examples_markdown(predictions: Sequence[evaluation.SentencePrediction],
         if shown >= max_examples:
             break
         gold = evaluation.extract_entities(prediction.gold)
-        if not gold:
+        if only_with_entities and not gold:
             continue
         tokens = list(sentences[prediction.sentence_id])
         pred = evaluation.extract_entities(prediction.pred)
@@ -253,11 +266,11 @@ def examples_markdown(predictions: Sequence[evaluation.SentencePrediction],
         rendered_pred = [_entity_text(tokens, e) if e in gold_set
                          else f"~~{_entity_text(tokens, e)}~~" for e in pred]
         rows.append(f"| {prediction.sentence_id} | {_escape_markdown(separator.join(tokens))} | "
-                    f"{', '.join(_entity_text(tokens, e) for e in gold)} | "
+                    f"{', '.join(_entity_text(tokens, e) for e in gold) or '(none)'} | "
                     f"{', '.join(rendered_pred) or '(none)'} |")
         shown += 1
     if not shown:
-        rows.append("| | (no sentence with a gold entity) | | |")
+        rows.append("| | (no sentence to show) | | |")
     return "\n".join(rows)
 
 
