@@ -1,0 +1,89 @@
+"""Tokenizer alignment on the real tokenizers: the `▁` trap, the cache, unknown characters."""
+
+import unicodedata
+
+import pytest
+
+from data_pipeline import corpus, tokenization
+
+
+def load(path, marker="auto", input_format="char"):
+    return tokenization.prepare_tokenizer(path, word_boundary_marker=marker,
+                                          input_format=input_format)
+
+
+@pytest.fixture(scope="module")
+def dev_sentences(people_daily_dir):
+    return [s.tokens for s in corpus.read_sentences(people_daily_dir / "example.dev",
+                                                    input_format="char")]
+
+
+def test_each_character_is_one_piece_that_contains_it(e5_dir, dev_sentences):
+    backend, info = load(e5_dir)
+    assert info.word_boundary_marker == "dropped"
+    assert info.prefix_ids == [0] and info.suffix_ids == [2] and info.pad_token_id == 1
+    encoded = tokenization.TokenEncoder(backend, info.unk_token_id).encode(dev_sentences)
+    normalizer = backend.normalizer
+    chars = unknown = single = 0
+    for tokens, (ids, first, pieceless) in zip(dev_sentences, encoded):
+        assert pieceless == 0
+        bounds = first + [len(ids)]
+        for j, char in enumerate(tokens):
+            chars += 1
+            pieces = [backend.id_to_token(i) for i in ids[bounds[j]:bounds[j + 1]]]
+            single += len(pieces) == 1
+            if ids[bounds[j]] == info.unk_token_id:
+                unknown += 1
+                continue
+            # The labelled (first) piece is never a bare `▁`, and the pieces spell the character
+            # as the tokenizer's own normaliser writes it (`，` -> `,`; `℃` -> `°` `C`).
+            assert pieces[0] != "▁"
+            assert "".join(pieces) == normalizer.normalize_str(char), (char, pieces)
+    assert single / chars > 0.995  # measured: all but the 368 `℃`
+    assert chars == 109_870
+    assert unknown / chars < 0.001  # measured: ~0.02%
+
+
+def test_keeping_the_marker_reproduces_the_trap(e5_dir, dev_sentences):
+    """With the XLM-R default, characters get a bare `▁` first piece and sequences ~double."""
+    sample = dev_sentences[:300]
+    kept, info_kept = load(e5_dir, marker="keep")
+    dropped, info = load(e5_dir)
+    assert info_kept.word_boundary_marker == "kept"
+    assert info_kept.fingerprint != info.fingerprint
+    with_marker = tokenization.TokenEncoder(kept, 3).encode(sample)
+    without = tokenization.TokenEncoder(dropped, 3).encode(sample)
+    pieces_with = sum(len(ids) for ids, _, _ in with_marker)
+    pieces_without = sum(len(ids) for ids, _, _ in without)
+    assert pieces_with / pieces_without > 1.7
+    bare = sum(kept.id_to_token(ids[j]) == "▁" for ids, first, _ in with_marker for j in first)
+    assert bare / pieces_without > 0.8
+
+
+@pytest.mark.parametrize("model", ["multilingual-e5-small-zh", "bert-base-chinese-vocab"])
+def test_cached_encoding_equals_sentence_encoding(shared_dir, people_daily_dir, model):
+    sentences = [s.tokens for s in corpus.read_sentences(people_daily_dir / "example.test",
+                                                         input_format="char")]
+    backend, info = load(shared_dir / "models" / model)
+    encoder = tokenization.TokenEncoder(backend, info.unk_token_id)
+    assert encoder.context_free
+    assert encoder.encode(sentences) == tokenization.pieces_per_token(
+        backend, sentences, info.unk_token_id)
+
+
+def test_words_with_several_pieces_and_pieceless_tokens(bert_chinese_dir):
+    backend, info = load(bert_chinese_dir, input_format="conll")
+    encoder = tokenization.TokenEncoder(backend, info.unk_token_id)
+    # "\u200b" is removed by BERT's normaliser: it keeps a position, as the unknown token.
+    (ids, first, pieceless), (empty_ids, _, empty_pieceless) = encoder.encode(
+        [["中", "\u200b", "tokenization"], ["\u200b", "\u200b"]])
+    assert pieceless == 1 and ids[first[1]] == info.unk_token_id
+    assert first[:2] == [0, 1] and len(ids) - first[2] > 1  # a word of several pieces
+    assert [backend.id_to_token(i) for i in ids[first[2] + 1:]][0].startswith("##")
+    assert empty_ids == [] and empty_pieceless == 2
+    assert unicodedata.category("\u200b") == "Cf"
+
+
+def test_bad_tokenizer_name_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot load tokenizer"):
+        load(tmp_path)
