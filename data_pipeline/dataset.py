@@ -29,17 +29,15 @@ When shuffling, the batches of a chunk are shuffled too, so lengths do not rise 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 from typing import Any, Sequence
 
 import numpy as np
 
+from data_pipeline.manifest import MANIFEST_NAME, load_manifest
 from data_pipeline.records import IGNORE_ID, SCALAR_FEATURES, SEQUENCE_FEATURES, feature_spec
 
-MANIFEST_NAME = "manifest.json"
-SUPPORTED_FORMAT_VERSIONS = (1,)
 CHAR_INDEX_PAD = -1
 
 # Records parsed and cut into batches together. Larger chunks mean less padding and fewer
@@ -54,45 +52,15 @@ class ShardError(ValueError):
     """A shard does not match the manifest (missing, wrong size, wrong checksum)."""
 
 
-def load_manifest(path_or_dir: str | os.PathLike) -> tuple[dict[str, Any], pathlib.Path]:
-    """Reads `manifest.json` (given itself or its directory).
-
-    Returns:
-      (manifest dict, path of the manifest file). Shard names are relative to its directory.
-
-    Raises:
-      FileNotFoundError: no manifest at that path.
-      ValueError: not JSON, an unsupported `format_version`, or required keys missing.
-    """
-    path = pathlib.Path(path_or_dir)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"manifest {path} is not valid JSON: {error}") from error
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ValueError(f"manifest {path}: format_version {version!r} is not supported "
-                         f"(supported: {list(SUPPORTED_FORMAT_VERSIONS)})")
-    missing = [key for key in ("label_map", "max_seq_length", "tokenizer", "splits")
-               if key not in manifest]
-    if missing:
-        raise ValueError(f"manifest {path} lacks required keys {missing}")
-    return manifest, path
-
-
-def check_shards(manifest_path: str | os.PathLike, shards: Sequence[dict[str, Any]], *,
+def check_shards(manifest: dict[str, Any], shards: Sequence[dict[str, Any]], *,
                  verify_checksums: bool = True) -> list[str]:
     """Checks shard files against their manifest entries, before anything reads them.
 
     Args:
-      manifest_path: the manifest file; shard names are relative to its directory.
+      manifest: from `manifest.load_manifest` (its "directory" holds the shards).
       shards: manifest entries {"file", "bytes", "sha256", ...} of the shards to check.
       verify_checksums: also hash every file and compare with "sha256" (catches any flipped
-        byte, so a corrupt record can never reach the reader unnoticed).
+        byte, so a corrupt record cannot reach the reader unnoticed).
 
     Returns:
       The shard paths (str), in the given order.
@@ -100,11 +68,11 @@ def check_shards(manifest_path: str | os.PathLike, shards: Sequence[dict[str, An
     Raises:
       ShardError: naming the shard file and what differs (missing, size, sha256).
     """
-    root = pathlib.Path(manifest_path).parent
+    root = pathlib.Path(manifest["directory"])
     paths = []
     for entry in shards:
         path = root / entry["file"]
-        where = f"shard {entry['file']} ({path}, listed in {manifest_path})"
+        where = f"shard {entry['file']} ({path}, listed in {root / MANIFEST_NAME})"
         if not path.is_file():
             raise ShardError(f"{where} is missing")
         size = path.stat().st_size
@@ -222,7 +190,8 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     """
     import tensorflow as tf
 
-    manifest, manifest_path = load_manifest(manifest_path_or_dir)
+    manifest = load_manifest(manifest_path_or_dir)
+    manifest_path = pathlib.Path(manifest["directory"]) / MANIFEST_NAME
     splits = manifest["splits"]
     if split not in splits:
         raise ValueError(f"split={split!r} is not in manifest {manifest_path}; "
@@ -290,7 +259,7 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     shard_by_file = num_pipelines > 1 and len(shards) >= num_pipelines
     if shard_by_file:
         shards = shards[pipeline_id::num_pipelines]
-    files = check_shards(manifest_path, shards, verify_checksums=verify_checksums)
+    files = check_shards(manifest, shards, verify_checksums=verify_checksums)
 
     compression = manifest.get("compression") or ""
     if compression not in ("", "GZIP", "ZLIB"):

@@ -285,7 +285,7 @@ def test_unknown_split_lists_available(corpus):
     directory, _, _ = corpus
     with pytest.raises(ValueError, match=r"split='test'.*available splits: \['dev', 'train'\]"):
         make_dataset(directory, "test", batch_size=8)
-    with pytest.raises(FileNotFoundError, match="manifest not found"):
+    with pytest.raises(FileNotFoundError, match="no manifest"):
         make_dataset(directory / "nowhere", "train", batch_size=8)
 
 
