@@ -103,10 +103,10 @@ def iter_line_blocks(stream: BinaryIO, path: str | os.PathLike, first_line: int 
                                       f"of the line ({raw[max(0, e.start - 8):e.start + 8]!r})"
                                       ) from None
             raise
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
         lines = text.split("\n")
         lines.pop()  # the empty string after the block's last line end
-        if "\r" in text:
-            lines = [line.rstrip("\r") for line in lines]
         yield number, lines
         number += len(lines)
 

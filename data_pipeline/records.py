@@ -25,9 +25,47 @@ SEQUENCE_FEATURES = ("input_ids", "label_ids", "char_index")
 SCALAR_FEATURES = ("sentence_id", "window_start", "window_end", "sentence_length")
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf varint of an int64 (negative values take ten bytes, two's complement)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+# Varints of the values records hold most: ids below 2**18 and the two negative markers.
+_VARINTS = [_varint(v) for v in range(1 << 18)]
+_NEGATIVE = {IGNORE_ID: _varint(IGNORE_ID), -1: _varint(-1)}
+
+
+def _int64_feature(name: bytes, values) -> bytes:
+    """One `features.feature` map entry holding an Int64List, serialized."""
+    table, negative = _VARINTS, _NEGATIVE
+    try:
+        packed = b"".join([table[v] if v >= 0 else negative[v] for v in values])
+    except (IndexError, KeyError):
+        packed = b"".join([_varint(int(v)) for v in values])
+    size = _VARINTS  # every length here is far below 2**18
+    int64_list = b"\x0a" + size[len(packed)] + packed                # Int64List.value, packed
+    feature = b"\x1a" + size[len(int64_list)] + int64_list           # Feature.int64_list = 3
+    entry = (b"\x0a" + size[len(name)] + name                         # map key
+             + b"\x12" + size[len(feature)] + feature)               # map value
+    return b"\x0a" + size[len(entry)] + entry                        # Features.feature = 1
+
+
 def encode_example(*, input_ids, label_ids, char_index, sentence_id: int, window_start: int,
                    window_end: int, sentence_length: int) -> bytes:
     """Serializes one window as a `tf.train.Example`.
+
+    The protobuf wire format is written directly: it is the preprocessor's hot path, and this is
+    ~5x faster than building `tf.train.Example` objects (a test checks the bytes parse to the
+    same message that protobuf builds).
 
     Args:
       input_ids, label_ids, char_index: int sequences of equal length n (n <= max_seq_length).
@@ -36,21 +74,16 @@ def encode_example(*, input_ids, label_ids, char_index, sentence_id: int, window
     Returns:
       The serialized `tf.train.Example` bytes.
     """
-    from tensorflow.core.example import example_pb2, feature_pb2  # protos only: cheap to build
-
-    def int_feature(values) -> feature_pb2.Feature:
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=values))
-
-    example = example_pb2.Example(features=feature_pb2.Features(feature={
-        "input_ids": int_feature(input_ids),
-        "label_ids": int_feature(label_ids),
-        "char_index": int_feature(char_index),
-        "sentence_id": int_feature([sentence_id]),
-        "window_start": int_feature([window_start]),
-        "window_end": int_feature([window_end]),
-        "sentence_length": int_feature([sentence_length]),
-    }))
-    return example.SerializeToString()
+    features = b"".join((
+        _int64_feature(b"input_ids", input_ids),
+        _int64_feature(b"label_ids", label_ids),
+        _int64_feature(b"char_index", char_index),
+        _int64_feature(b"sentence_id", (sentence_id,)),
+        _int64_feature(b"window_start", (window_start,)),
+        _int64_feature(b"window_end", (window_end,)),
+        _int64_feature(b"sentence_length", (sentence_length,)),
+    ))
+    return b"\x0a" + _VARINTS[len(features)] + features              # Example.features = 1
 
 
 def decode_example(serialized: bytes) -> dict[str, np.ndarray | int]:
