@@ -1,0 +1,111 @@
+"""The trainer's side of the data: preprocessing on demand (cached), datasets, gold sentences.
+
+One command does the whole job: when no shards exist for the requested corpus files, tokenizer and
+windowing settings, `ensure_preprocessed` runs `data_pipeline.preprocess.preprocess` into
+
+    <data_cache_dir>/<fingerprint[:16]>/manifest.json + shards
+
+where the fingerprint is the sha256 of everything the shards depend on (the corpus files' sha256,
+the tokenizer files' sha256, max_seq_length, stride, the manifest format version). The next run
+with the same inputs finds the manifest and reuses the shards; change one byte of a corpus or a
+setting and it gets a new directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Callable
+
+from trainer.config import TrainConfig
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json",
+                    "merges.txt")
+_SPLITS = ("train", "dev", "test")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: str) -> str:
+    """sha256 over the tokenizer's files (a directory), or of the name (a hub name)."""
+    path = pathlib.Path(tokenizer)
+    if not path.is_dir():
+        return hashlib.sha256(tokenizer.encode()).hexdigest()
+    parts = {name: file_sha256(path / name) for name in _TOKENIZER_FILES if (path / name).is_file()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def preprocessing_inputs(config: TrainConfig) -> dict:
+    """Everything the preprocessed shards depend on (hashed into the cache key)."""
+    from data_pipeline.manifest import FORMAT_VERSION
+
+    return {
+        "files": {split: file_sha256(getattr(config, f"{split}_file")) for split in _SPLITS},
+        "tokenizer": tokenizer_fingerprint(config.tokenizer),
+        "max_seq_length": config.max_seq_length,
+        "stride": config.stride,
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def cache_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_preprocessed(config: TrainConfig, *, log: Callable[[str], None] = print) -> str:
+    """Returns the directory of the shards + manifest for `config`, preprocessing when missing.
+
+    Safe when several processes (multi-worker) call it at once: preprocessing writes into a
+    staging directory and renames it into place, so the loser finds the winner's output.
+    """
+    from data_pipeline import preprocess
+    from data_pipeline.manifest import MANIFEST_NAME
+
+    if config.manifest:
+        path = pathlib.Path(config.manifest)
+        return str(path.parent if path.name == MANIFEST_NAME else path)
+    inputs = preprocessing_inputs(config)
+    output_dir = pathlib.Path(config.data_cache_dir) / cache_key(inputs)
+    if (output_dir / MANIFEST_NAME).is_file():
+        log(f"reusing preprocessed shards in {output_dir}")
+        return str(output_dir)
+    log(f"preprocessing {config.train_file} (+ dev, test) into {output_dir}")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        preprocess.preprocess({split: getattr(config, f"{split}_file") for split in _SPLITS},
+                              output_dir, config.tokenizer, max_seq_length=config.max_seq_length,
+                              stride=config.stride, log=log)
+    except (FileExistsError, OSError):
+        if not (output_dir / MANIFEST_NAME).is_file():
+            raise
+        log(f"another process finished {output_dir} first; reusing it")
+    (output_dir / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True))
+    return str(output_dir)
+
+
+def read_gold(manifest: dict, split: str) -> tuple[list[list[str]], list[list[str]]]:
+    """The source tokens and gold IOB2 tags of a split, indexed by sentence id.
+
+    Returns:
+      (tokens, tags): per sentence, its characters (or words) and their IOB2 tags.
+    """
+    from data_pipeline import corpus
+
+    source = manifest["splits"][split]["source"]
+    scheme = manifest["tag_scheme"]["source"]
+    tokens, tags = [], []
+    for sentence in corpus.read_sentences(source["path"], input_format=source["format"]):
+        iob2, _ = corpus.to_iob2(sentence.tags, scheme, on_invalid=manifest["on_invalid"],
+                                 path=source["path"], first_line=sentence.line)
+        tokens.append(sentence.tokens)
+        tags.append(iob2)
+    return tokens, tags

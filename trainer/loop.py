@@ -1,0 +1,492 @@
+"""The training loop: strategy, input, model, per-group optimizer, checkpoints, evaluation.
+
+`train_and_evaluate(config, run_dir)` is the whole job; `trainer.main` only parses flags and calls
+it, and tests call it directly.
+
+One call of the `tf.function` runs `n` optimizer updates (`n` is a tensor, so changing it does not
+retrace). Each update, on each replica:
+
+    count    = all-reduce SUM over replicas of the counted tokens (label != IGNORE_ID) of all
+               micro-batches of this update
+    loss     = sum over micro-batches of  compute_loss(...).loss_sum / count
+    grads    = all-reduce SUM over replicas of d loss / d (trainable variables only)
+
+so one replica with a global batch of B and N replicas with B/N each compute the same gradient,
+and gradient accumulation over k micro-batches equals one batch k times larger. Logging,
+entity scoring and checkpointing stay in plain Python between calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+from trainer import checkpointing, data, optimization
+from trainer.config import ConfigError, TrainConfig
+
+IGNORE_ID = -100  # == data_pipeline.records.IGNORE_ID
+TRAIN_LOG = "train_log.jsonl"
+RESULTS = "results.json"
+_POLICIES = {"none": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Runtime: devices, strategy, precision
+# ------------------------------------------------------------------------------------------------
+
+
+def split_cpu(num_devices: int) -> None:
+    """Splits the physical CPU into `num_devices` logical devices (before TF initialises them).
+
+    Raises:
+      ConfigError: TensorFlow already initialised its devices with a different split.
+    """
+    if num_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+    except RuntimeError:
+        found = len(tf.config.list_logical_devices("CPU"))
+        if found != num_devices:
+            raise ConfigError(f"--num_cpu_devices={num_devices}: TensorFlow already initialised "
+                              f"{found} CPU device(s) in this process; split the CPU before any "
+                              "other TensorFlow work (e.g. run trainer.main in a new process)")
+
+
+def build_strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    """default | mirrored (over GPUs, or over --num_cpu_devices logical CPUs) | multi_worker."""
+    if config.strategy == "multi_worker":
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    split_cpu(config.num_cpu_devices)
+    if config.strategy == "mirrored":
+        devices = None
+        if not tf.config.list_physical_devices("GPU"):
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(
+            devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+
+def _encoder_config_value(value: str) -> str | dict | None:
+    """--encoder_config: inline JSON or a .json file -> dict; a directory stays a path."""
+    if not value:
+        return None
+    if value.lstrip().startswith("{"):
+        return json.loads(value)
+    if os.path.isfile(value):
+        return json.loads(pathlib.Path(value).read_text())
+    return value
+
+
+def tagger_config(config: TrainConfig, manifest: dict):
+    from models import TaggerConfig
+
+    bert = config.uses_bert
+    return TaggerConfig(
+        encoder=config.encoder,
+        pretrained=(config.pretrained or None) if bert else None,
+        encoder_config=_encoder_config_value(config.encoder_config) if bert else None,
+        hidden_layers=config.hidden_layers,
+        num_hidden_layers_used=config.num_hidden_layers_used,
+        bilstm_layers=config.bilstm_layers, bilstm_units=config.bilstm_units,
+        bilstm_dropout=config.bilstm_dropout, head=config.head,
+        label_map=list(manifest["label_map"]),
+        crf_constrain_transitions=config.crf_constrain_transitions, dropout=config.dropout,
+        vocab_size=None if bert else int(manifest["tokenizer"]["vocab_size"]),
+        embedding_dim=config.embedding_dim)
+
+
+# ------------------------------------------------------------------------------------------------
+# The training step
+# ------------------------------------------------------------------------------------------------
+
+
+class TrainStep:
+    """Builds the tf.function that runs `num_steps` updates per call.
+
+    Attributes:
+      watched_variable_names: names of the variables the gradient tape watched (recorded while
+        tracing): exactly the trainable groups' variables, never a frozen group's.
+    """
+
+    def __init__(self, *, model, plan: optimization.OptimizationPlan,
+                 strategy: tf.distribute.Strategy, grad_accum_steps: int, step: tf.Variable,
+                 input_position: tf.Variable, jit_compile: bool = False):
+        self.model = model
+        self.plan = plan
+        self.strategy = strategy
+        self.accum = grad_accum_steps
+        self.step = step
+        self.input_position = input_position
+        self.group_names = list(plan.trainable_groups)
+        self._group_sizes = [len(plan.trainable_groups[g]) for g in self.group_names]
+        self.watched_variable_names: set[str] = set()
+        self._gradients = tf.function(self._micro_batch_gradients, jit_compile=True) \
+            if jit_compile else self._micro_batch_gradients
+        self.run = tf.function(self._loop)
+
+    def _micro_batch_gradients(self, batch: dict, denominator: tf.Tensor):
+        """Gradients of (loss_sum / denominator) for one micro-batch on one replica.
+
+        Args:
+          batch: input_ids, attention_mask, label_ids int32 [B, T] (+ other features).
+          denominator: float32 scalar, the global count of counted tokens of this update.
+
+        Returns:
+          (gradients aligned with plan.trainable_variables, loss_sum float32 scalar)
+        """
+        model, plan = self.model, self.plan
+        variables = plan.trainable_variables
+        encoded = None
+        if plan.encoder_frozen:
+            # No dropout, no tape: the frozen encoder is inference only.
+            encoded = model.encode(batch["input_ids"], batch["attention_mask"], training=False)
+            encoded = tf.nest.map_structure(tf.stop_gradient, encoded)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(variables)
+            if encoded is None:
+                encoded = model.encode(batch["input_ids"], batch["attention_mask"], training=True)
+            logits = model.tag(encoded, batch["attention_mask"], training=True)
+            loss_sum, _ = model.compute_loss(logits, batch["label_ids"])
+            loss_sum = tf.cast(loss_sum, tf.float32)
+            loss = loss_sum / denominator
+            if plan.loss_scaling:
+                loss = plan.optimizer.get_scaled_loss(loss)
+        self.watched_variable_names.update(v.name for v in tape.watched_variables())
+        gradients = tape.gradient(loss, variables)
+        gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, variables)]
+        return gradients, loss_sum
+
+    def _replica_update(self, micro_batches: list[dict]):
+        plan = self.plan
+        context = tf.distribute.get_replica_context()
+        local_count = tf.add_n([tf.reduce_sum(tf.cast(b["label_ids"] != IGNORE_ID, tf.float32))
+                                for b in micro_batches])
+        global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
+        denominator = tf.maximum(global_count, 1.0)
+        gradients, loss_sum = None, 0.0
+        for batch in micro_batches:
+            batch_gradients, batch_loss = self._gradients(batch, denominator)
+            loss_sum += batch_loss
+            if gradients is None:
+                gradients = batch_gradients
+            else:
+                gradients = [tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+                             for a, b in zip(gradients, batch_gradients)]
+        if self.strategy.num_replicas_in_sync > 1:
+            gradients = [tf.convert_to_tensor(g) for g in gradients]
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        if plan.loss_scaling:
+            gradients = plan.optimizer.get_unscaled_gradients(gradients)
+        norms, start = [], 0
+        for size in self._group_sizes:  # gradient norm per group, before clipping
+            norms.append(tf.linalg.global_norm(gradients[start:start + size]))
+            start += size
+        plan.optimizer.apply_gradients(zip(gradients, plan.trainable_variables),
+                                       skip_gradients_aggregation=True)
+        tokens = tf.add_n([tf.reduce_sum(tf.cast(b["attention_mask"], tf.float32))
+                           for b in micro_batches])
+        windows = tf.add_n([tf.cast(tf.shape(b["input_ids"])[0], tf.float32)
+                            for b in micro_batches])
+        totals = {"loss_sum": loss_sum, "count": local_count, "tokens": tokens,
+                  "windows": windows}
+        return totals, tf.stack(norms)
+
+    def _loop(self, iterator, num_steps: tf.Tensor):
+        """Runs `num_steps` (int32 scalar tensor) updates; returns summed totals and last norms."""
+        strategy = self.strategy
+        totals = {name: tf.constant(0.0) for name in ("loss_sum", "count", "tokens", "windows")}
+        norms = tf.zeros([len(self.group_names)])
+        for _ in tf.range(num_steps):
+            micro_batches = [next(iterator) for _ in range(self.accum)]
+            step_totals, step_norms = strategy.run(self._replica_update, args=(micro_batches,))
+            totals = {name: totals[name] + strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                                           step_totals[name], axis=None)
+                      for name in totals}
+            norms = strategy.reduce(tf.distribute.ReduceOp.MEAN, step_norms, axis=None)
+            self.step.assign_add(1)
+            self.input_position.assign_add(self.accum)
+        return totals, norms
+
+
+# ------------------------------------------------------------------------------------------------
+# train_and_evaluate
+# ------------------------------------------------------------------------------------------------
+
+
+def _next_boundary(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _append_jsonl(path: pathlib.Path, record: dict) -> None:
+    with open(path, "a") as stream:
+        stream.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class _Run:
+    """State of one train_and_evaluate call (kept in one place so the steps read top-down)."""
+
+    def __init__(self, config: TrainConfig, run_dir: pathlib.Path):
+        self.config = config
+        self.run_dir = run_dir
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        config = self.config
+        self.strategy = build_strategy(config)
+        self.chief = is_chief(self.strategy)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        tf.keras.utils.set_random_seed(config.seed)
+        self.resuming = checkpointing.prepare_run_dir(self.run_dir, config, is_chief=self.chief)
+        self.manifest_dir = data.ensure_preprocessed(config, log=logging.info)
+        from data_pipeline.manifest import load_manifest
+
+        self.manifest = load_manifest(self.manifest_dir)
+        self.label_map = list(self.manifest["label_map"])
+        if self.chief:
+            shutil.copyfile(os.path.join(self.manifest_dir, "manifest.json"),
+                            self.run_dir / "data_manifest.json")
+            (self.run_dir / "label_map.json").write_text(json.dumps(self.label_map, indent=1))
+        train_windows = self.manifest["splits"]["train"]["counts"]["windows"]
+        per_update = config.batch_size * config.grad_accum_steps
+        self.total_steps = config.train_steps or max(
+            1, math.ceil(config.epochs * train_windows / per_update))
+        self.stop_at = min(self.total_steps, config.max_steps or self.total_steps)
+
+        with self.strategy.scope():
+            from models import build_tagger
+
+            self.model = build_tagger(tagger_config(config, self.manifest))
+            self.plan = optimization.build_optimization(
+                config, self.model.variable_groups(), list(self.model.encoder_group_names()),
+                self.total_steps)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.input_position = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="input_position",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.checkpointer = checkpointing.Checkpointer(
+            self.run_dir, model=self.model, optimizer=self.plan.optimizer, step=self.step,
+            input_position=self.input_position, keep=config.keep_checkpoints,
+            is_chief=self.chief)
+        restored = self.checkpointer.restore_latest()
+        if restored is not None:
+            logging.info("resumed from step %d (input position %d)", restored,
+                         int(self.input_position.numpy()))
+        self.train_step = TrainStep(model=self.model, plan=self.plan, strategy=self.strategy,
+                                    grad_accum_steps=config.grad_accum_steps, step=self.step,
+                                    input_position=self.input_position,
+                                    jit_compile=config.jit_compile)
+        self.summaries = self.progress = None
+        if self.chief:
+            from trainer import summaries
+
+            self.summaries = summaries.SummaryWriter(str(self.run_dir))
+            if restored is None:
+                self.summaries.hparams(config.to_dict())
+
+    def train_dataset(self) -> tf.distribute.DistributedDataset:
+        """Per-replica training input, positioned where the restored checkpoint left off."""
+        from data_pipeline.dataset import make_dataset
+
+        config = self.config
+        position = int(self.input_position.numpy())
+        replicas = self.strategy.num_replicas_in_sync
+
+        def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+            batch_size = input_context.get_per_replica_batch_size(config.batch_size)
+            dataset = make_dataset(
+                self.manifest_dir, "train", batch_size=batch_size, bucketing=config.bucketing,
+                shuffle=config.shuffle_buffer > 0, shuffle_buffer=max(config.shuffle_buffer, 1),
+                seed=config.seed, repeat=True, input_context=input_context,
+                pad_to_length=None if config.bucketing else config.max_seq_length)
+            # Each step takes one batch per replica from this pipeline.
+            replicas_per_pipeline = replicas // input_context.num_input_pipelines
+            return dataset.skip(position * replicas_per_pipeline)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, split: str, step: int, *, write_predictions: bool = False) -> dict:
+        from data_pipeline.dataset import make_dataset
+        from trainer import evaluation
+
+        if not hasattr(self, "_gold"):
+            self._gold = {}
+        if split not in self._gold:
+            self._gold[split] = data.read_gold(self.manifest, split)
+        tokens, gold_tags = self._gold[split]
+        dataset = make_dataset(self.manifest_dir, split, batch_size=self.config.eval_batch_size,
+                               shuffle=False, repeat=False)
+        started = time.time()
+        result = evaluation.evaluate(self.model, dataset, self.label_map, gold_tags=gold_tags)
+        metrics = dict(result.metrics)
+        logging.info("step %d %s: f1 %.4f precision %.4f recall %.4f token_accuracy %.4f "
+                     "(%.1f s)\n%s", step, split, metrics["f1"], metrics["precision"],
+                     metrics["recall"], metrics["token_accuracy"], time.time() - started,
+                     evaluation.format_report(metrics, result.entity_counts))
+        if self.summaries is not None:
+            self.summaries.eval(step, split, metrics)
+            if split == "dev":
+                self._text_examples(step, result, tokens)
+        if write_predictions and self.chief:
+            evaluation.write_predictions(self.run_dir / f"predictions_{split}.txt",
+                                         result.predictions, tokens)
+        return metrics
+
+    def _text_examples(self, step: int, result, tokens) -> None:
+        examples = []
+        for prediction in result.predictions[:5]:
+            examples.append((tokens[prediction.sentence_id], prediction.gold, prediction.pred))
+        self.summaries.text_examples(step, examples)
+
+    def _maybe_keep_best(self, step: int, metrics: dict) -> None:
+        best = getattr(self, "_best_f1", -1.0)
+        if metrics["f1"] > best:
+            self._best_f1 = metrics["f1"]
+            self.checkpointer.save_best(step, metrics)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self, stop: checkpointing.StopRequest) -> bool:
+        """Trains up to `stop_at`; returns False if a stop was requested (checkpoint saved)."""
+        config = self.config
+        step = int(self.step.numpy())
+        if step >= self.stop_at:
+            return True
+        iterator = iter(self.train_dataset())
+        if self.chief and config.progress_bar:
+            from trainer import progress
+
+            self.progress = progress.ProgressBar(self.stop_at)
+        log_path = self.run_dir / TRAIN_LOG
+        while step < self.stop_at:
+            boundaries = [self.stop_at, step + config.steps_per_loop,
+                          _next_boundary(step, config.log_every),
+                          _next_boundary(step, config.checkpoint_every)]
+            if config.eval_every:
+                boundaries.append(_next_boundary(step, config.eval_every))
+            num_steps = min(boundaries) - step
+            started = time.time()
+            totals, norms = self.train_step.run(iterator, tf.constant(num_steps, tf.int32))
+            totals = {name: float(value) for name, value in totals.items()}
+            elapsed = max(time.time() - started, 1e-9)
+            step += num_steps
+            loss = totals["loss_sum"] / max(totals["count"], 1.0)
+            tokens_per_s = totals["tokens"] / elapsed
+            if self.progress is not None:
+                self.progress.update(step, loss=loss, tokens_per_s=tokens_per_s)
+            if step % config.log_every == 0 or step == self.stop_at:
+                self._log_train(log_path, step, loss, norms, totals, elapsed)
+            if config.eval_every and step % config.eval_every == 0 and step < self.stop_at:
+                if self.chief:
+                    self._maybe_keep_best(step, self.evaluate("dev", step))
+            if step % config.checkpoint_every == 0:
+                self.checkpointer.save()
+            if stop.requested:
+                logging.warning("signal %s: saving a checkpoint at step %d and stopping",
+                                stop.signal_number, step)
+                self.checkpointer.save()
+                return False
+            if not math.isfinite(loss) and not self.plan.loss_scaling:
+                raise FloatingPointError(f"training loss became {loss} at step {step}")
+        self.checkpointer.save()
+        return True
+
+    def _log_train(self, log_path, step, loss, norms, totals, elapsed) -> None:
+        if not self.chief:
+            return
+        learning_rates = self.plan.learning_rates()
+        grad_norms = {g: float(n) for g, n in zip(self.train_step.group_names, norms.numpy())}
+        record = {"step": step, "loss": loss, "learning_rate": learning_rates,
+                  "grad_norm": grad_norms, "tokens_per_s": totals["tokens"] / elapsed,
+                  "sentences_per_s": totals["windows"] / elapsed,
+                  "loss_scale": self.plan.loss_scale()}
+        _append_jsonl(log_path, record)
+        self.summaries.train_step(step, loss=loss, lr_by_group=learning_rates,
+                                  grad_norm_by_group=grad_norms,
+                                  loss_scale=record["loss_scale"],
+                                  tokens_per_s=record["tokens_per_s"],
+                                  sentences_per_s=record["sentences_per_s"])
+
+    def finish(self) -> dict[str, Any]:
+        step = int(self.step.numpy())
+        results: dict[str, Any] = {"step": step, "total_steps": self.total_steps}
+        if self.chief:
+            dev = self.evaluate("dev", step, write_predictions=True)
+            self._maybe_keep_best(step, dev)
+            test = self.evaluate("test", step, write_predictions=True)
+            results.update(dev=dev, test=test)
+            if self.config.head == "crf" and hasattr(self.model, "transitions"):
+                self.summaries.transitions_image(step, self.model.transitions.numpy(),
+                                                 self.label_map)
+            (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True))
+        return results
+
+    def close(self) -> None:
+        if self.summaries is not None:
+            self.summaries.close()
+        if self.progress is not None and hasattr(self.progress, "close"):
+            self.progress.close()
+        self.checkpointer.close()
+
+
+def train_and_evaluate(config: TrainConfig, run_dir: str | os.PathLike | None = None
+                       ) -> dict[str, Any]:
+    """Trains as `config` says, evaluates dev (and test at the end), writes the run directory.
+
+    Args:
+      config: the validated run configuration.
+      run_dir: overrides `config.run_dir`.
+
+    Returns:
+      {"step", "total_steps", "dev": metrics, "test": metrics} (metrics on the chief only), or
+      {"step", "stopped": True} when SIGTERM stopped training early (after saving a checkpoint).
+    """
+    if run_dir is not None:
+        config = config.replace(run_dir=os.path.abspath(run_dir))
+    previous_policy = tf.keras.mixed_precision.global_policy()
+    # The policy must be set before the model is built (its layers read it when created).
+    tf.keras.mixed_precision.set_global_policy(_POLICIES[config.mixed_precision])
+    run = _Run(config, pathlib.Path(config.run_dir))
+    try:
+        with checkpointing.StopRequest() as stop:
+            run.setup()
+            finished = run.train(stop)
+            if not finished:
+                return {"step": int(run.step.numpy()), "stopped": True}
+            return run.finish()
+    finally:
+        if hasattr(run, "checkpointer"):
+            run.close()
+        tf.keras.mixed_precision.set_global_policy(previous_policy)
