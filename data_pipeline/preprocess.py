@@ -124,11 +124,14 @@ def _scan_files(splits: dict[str, str], input_format: str, every: int, pool) -> 
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_name: str, word_boundary_marker: str, input_format: str) -> None:
+def _init_worker(backend_json: str, info: dict) -> None:
+    """Worker set-up: only the Rust tokenizer from its JSON (no transformers import)."""
+    from tokenizers import Tokenizer
+
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # processes give the parallelism
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    backend, info = tokenization.prepare_tokenizer(
-        tokenizer_name, word_boundary_marker=word_boundary_marker, input_format=input_format)
+    info = tokenization.TokenizerInfo(**info)
+    backend = Tokenizer.from_str(backend_json)
     _WORKER.update(encoder=tokenization.TokenEncoder(backend, info.unk_token_id), info=info)
 
 
@@ -269,8 +272,8 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
     started = time.time()
 
     # The tokenizer is loaded here first so that a bad name fails before any work.
-    _, info = tokenization.prepare_tokenizer(tokenizer, word_boundary_marker=word_boundary_marker,
-                                             input_format=the_format)
+    backend, info = tokenization.prepare_tokenizer(
+        tokenizer, word_boundary_marker=word_boundary_marker, input_format=the_format)
     budget = max_seq_length - len(info.prefix_ids) - len(info.suffix_ids)
     if stride >= budget:
         raise ValueError(f"stride ({stride}) must be smaller than max_seq_length minus the special "
@@ -284,7 +287,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         if workers > 0:
             pool = multiprocessing.get_context("spawn").Pool(
                 workers, initializer=_init_worker,
-                initargs=(os.fspath(tokenizer), word_boundary_marker, the_format))
+                initargs=(backend.to_str(), info.to_json()))
         scans = _scan_files(splits, the_format, sentences_per_shard, pool)
         log(f"scanned {sum(s['sentences'] for s in scans.values())} sentences "
             f"in {time.time() - started:.1f}s")
@@ -333,7 +336,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         for task in tasks:
             task.update(settings)
         if pool is None:
-            _init_worker(os.fspath(tokenizer), word_boundary_marker, the_format)
+            _init_worker(backend.to_str(), info.to_json())
         shards = _run(_write_shard, tasks, pool)
         manifest = _build_manifest(scans, shards, info=info, label_map=label_map, scheme=scheme,
                                    on_invalid=on_invalid, max_seq_length=max_seq_length,
