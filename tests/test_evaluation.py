@@ -446,10 +446,10 @@ def test_evaluate_does_not_retrace(corpus):
     model = FakeTagger(VOCAB_SIZE, len(LABEL_MAP))
     evaluation.evaluate(model, batch_records(records, 4), LABEL_MAP)
     step = evaluation._get_eval_step(model, None)
-    traces = step.experimental_get_tracing_count()
-    evaluation.evaluate(model, batch_records(records, 4), LABEL_MAP)
+    assert step.compiled.experimental_get_tracing_count() == 1  # batches of several shapes
+    evaluation.evaluate(model, batch_records(records, 7), LABEL_MAP)
     assert evaluation._get_eval_step(model, None) is step
-    assert step.experimental_get_tracing_count() == traces
+    assert step.compiled.experimental_get_tracing_count() == 1
 
 
 def test_write_predictions(tmp_path):
@@ -471,3 +471,76 @@ def test_format_report():
     counts = evaluation.count_entities([["B-PER", "O"]], [["B-PER", "B-LOC"]])
     report = evaluation.format_report({"token_accuracy": 0.5, "loss": 1.25}, counts)
     assert "PER" in report and "micro" in report and "0.6667" in report and "1.2500" in report
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end: real preprocessing, input pipeline and tagger (tiny random BERT, CRF head)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_real_pipeline_and_crf_tagger(tmp_path, people_daily_dir, bert_chinese_dir):
+    from data_pipeline.dataset import make_dataset
+    from data_pipeline.manifest import load_manifest
+    from data_pipeline.preprocess import preprocess
+    from models import TaggerConfig, build_tagger
+
+    chars, gold_tags = read_char_corpus(people_daily_dir / "example.dev")
+    chars, gold_tags = chars[:12], gold_tags[:12]  # eager CRF decoding below is slow
+    path = tmp_path / "dev.txt"
+    path.write_text("".join("".join(f"{c} {t}\n" for c, t in zip(cs, ts)) + "\n"
+                            for cs, ts in zip(chars, gold_tags)), encoding="utf-8")
+    # 16 pieces per window: most sentences are cut into several overlapping windows.
+    preprocess({"dev": path}, tmp_path / "shards", bert_chinese_dir, max_seq_length=16,
+               stride=4, label_map=LABEL_MAP, num_workers=0)
+    num_windows = load_manifest(tmp_path / "shards")["splits"]["dev"]["counts"]["windows"]
+    assert num_windows > 2 * len(chars)
+
+    vocab_size = sum(1 for _ in open(bert_chinese_dir / "vocab.txt", encoding="utf-8"))
+    tiny_bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=37, vocab_size=vocab_size, max_position_embeddings=32)
+    model = build_tagger(TaggerConfig(encoder_config=tiny_bert, label_map=LABEL_MAP,
+                                      bilstm_layers=1, bilstm_units=8, head="crf"))
+    dataset = make_dataset(tmp_path / "shards", "dev", batch_size=8)
+    result = evaluation.evaluate(model, dataset, LABEL_MAP)
+    with_gold = evaluation.evaluate(model, dataset, LABEL_MAP, gold_tags=gold_tags)
+
+    assert result.num_windows == num_windows
+    assert [p.sentence_id for p in result.predictions] == list(range(len(chars)))
+    # Merged record labels give back the source tags exactly.
+    assert [p.gold for p in result.predictions] == gold_tags
+    assert with_gold.metrics == result.metrics
+
+    # Independently: run the model eagerly window by window and merge by brute force.
+    records, loss_sum, count = [], 0.0, 0.0
+    for batch in dataset:
+        logits = model(dict(input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"]), training=False)
+        tag_ids, _ = model.decode(logits, batch["char_index"] >= 0)
+        batch_loss, batch_count = model.compute_loss(logits, batch["label_ids"])
+        loss_sum += float(batch_loss)
+        count += float(batch_count)
+        for row in range(batch["input_ids"].shape[0]):
+            char_index = batch["char_index"][row].numpy().tolist()
+            records.append(dict(sentence_id=int(batch["sentence_id"][row]),
+                                window_start=int(batch["window_start"][row]),
+                                window_end=int(batch["window_end"][row]),
+                                char_index=char_index, tags=tag_ids[row].numpy().tolist()))
+    for prediction in result.predictions:
+        windows = sorted((r for r in records if r["sentence_id"] == prediction.sentence_id),
+                         key=lambda r: r["window_start"])
+        length = len(gold_tags[prediction.sentence_id])
+        expected = []
+        for c in range(length):
+            best = None
+            for w in windows:
+                if c in w["char_index"]:
+                    left = c - w["window_start"] if w["window_start"] > 0 else 10**9
+                    right = w["window_end"] - 1 - c if w["window_end"] < length else 10**9
+                    if best is None or min(left, right) > best[0]:
+                        best = (min(left, right), w["tags"][w["char_index"].index(c)])
+            expected.append(LABEL_MAP[best[1]])
+        assert prediction.pred == expected, prediction.sentence_id
+    assert result.metrics["loss"] == pytest.approx(loss_sum / count, rel=1e-5)
+    reference = seqeval_metrics(gold_tags, [p.pred for p in result.predictions])
+    for key, value in reference.items():
+        assert result.metrics[key] == value, key

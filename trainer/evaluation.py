@@ -216,6 +216,7 @@ class EvaluationResult:
         return iter((self.metrics, self.predictions))
 
 
+_MODEL_INPUTS = ("input_ids", "attention_mask", "label_ids", "char_index")  # int32 [B, T]
 _PASSED_THROUGH = ("label_ids", "char_index", "sentence_id", "window_start", "window_end",
                    "sentence_length")
 
@@ -225,29 +226,49 @@ _STEP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _make_eval_step(model, strategy):
+    """The compiled evaluation step: batch dict -> dict of tag_ids int32 [B, T], loss_sum and
+    count float32 [] and the batch's `_PASSED_THROUGH` values (per replica under a strategy).
+
+    Traced without autograph: the tagger's code needs none, and autograph triples the tracing
+    time of a BERT + CRF tagger (about 25 s instead of 7.5 s on 2 CPU cores). Without a strategy
+    an input signature with unknown batch and length means exactly one trace.
+    """
     import tensorflow as tf
 
     model_ref = weakref.ref(model)
 
-    def replica_step(batch):
+    def model_step(input_ids, attention_mask, label_ids, char_index):
         tagger = model_ref()
-        logits = tagger(dict(input_ids=batch["input_ids"],
-                             attention_mask=batch["attention_mask"]), training=False)
-        label_mask = batch["char_index"] >= 0  # bool [B, T]: positions that carry a label
-        tag_ids, _ = tagger.decode(logits, label_mask)
-        loss_sum, count = tagger.compute_loss(logits, batch["label_ids"])
-        outputs = {name: batch[name] for name in _PASSED_THROUGH}
-        outputs.update(tag_ids=tf.cast(tag_ids, tf.int32),
-                       loss_sum=tf.cast(loss_sum, tf.float32), count=tf.cast(count, tf.float32))
-        return outputs
+        logits = tagger(dict(input_ids=input_ids, attention_mask=attention_mask), training=False)
+        tag_ids, _ = tagger.decode(logits, char_index >= 0)  # label mask: labelled positions
+        loss_sum, count = tagger.compute_loss(logits, label_ids)
+        return dict(tag_ids=tf.cast(tag_ids, tf.int32), loss_sum=tf.cast(loss_sum, tf.float32),
+                    count=tf.cast(count, tf.float32))
 
     if strategy is None:
-        return tf.function(replica_step, reduce_retracing=True)
+        compiled = tf.function(
+            model_step, autograph=False,
+            input_signature=[tf.TensorSpec([None, None], tf.int32)] * len(_MODEL_INPUTS))
+
+        def step(batch):
+            outputs = compiled(*(tf.cast(batch[name], tf.int32) for name in _MODEL_INPUTS))
+            outputs.update({name: batch[name] for name in _PASSED_THROUGH})
+            return outputs
+
+        step.compiled = compiled
+        return step
+
+    def replica_step(batch):
+        outputs = model_step(*(tf.cast(batch[name], tf.int32) for name in _MODEL_INPUTS))
+        outputs.update({name: batch[name] for name in _PASSED_THROUGH})
+        return outputs
 
     def distributed_step(batch):
         return strategy.run(replica_step, args=(batch,))
 
-    return tf.function(distributed_step, reduce_retracing=True)
+    compiled = tf.function(distributed_step, autograph=False, reduce_retracing=True)
+    compiled.compiled = compiled
+    return compiled
 
 
 def _get_eval_step(model, strategy):
