@@ -25,6 +25,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json",
                     "merges.txt")
 _SPLITS = ("train", "dev", "test")
+_SMALL_CORPUS_BYTES = 2 << 20
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -80,10 +81,13 @@ def ensure_preprocessed(config: TrainConfig, *, log: Callable[[str], None] = pri
         return str(output_dir)
     log(f"preprocessing {config.train_file} (+ dev, test) into {output_dir}")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    files = {split: getattr(config, f"{split}_file") for split in _SPLITS}
+    # A worker pool costs seconds to start; below a few MB one process is faster.
+    small = sum(os.path.getsize(path) for path in files.values()) < _SMALL_CORPUS_BYTES
     try:
-        preprocess.preprocess({split: getattr(config, f"{split}_file") for split in _SPLITS},
-                              output_dir, config.tokenizer, max_seq_length=config.max_seq_length,
-                              stride=config.stride, log=log)
+        preprocess.preprocess(files, output_dir, config.tokenizer,
+                              max_seq_length=config.max_seq_length, stride=config.stride,
+                              num_workers=0 if small else None, log=log)
     except (FileExistsError, OSError):
         if not (output_dir / MANIFEST_NAME).is_file():
             raise

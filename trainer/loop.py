@@ -358,17 +358,11 @@ class _Run:
         if self.summaries is not None:
             self.summaries.eval(step, split, metrics)
             if split == "dev":
-                self._text_examples(step, result, tokens)
+                self.summaries.text_examples(step, result.predictions, tokens)
         if write_predictions and self.chief:
             evaluation.write_predictions(self.run_dir / f"predictions_{split}.txt",
                                          result.predictions, tokens)
         return metrics
-
-    def _text_examples(self, step: int, result, tokens) -> None:
-        examples = []
-        for prediction in result.predictions[:5]:
-            examples.append((tokens[prediction.sentence_id], prediction.gold, prediction.pred))
-        self.summaries.text_examples(step, examples)
 
     def _maybe_keep_best(self, step: int, metrics: dict) -> None:
         best = getattr(self, "_best_f1", -1.0)
@@ -388,7 +382,7 @@ class _Run:
         if self.chief and config.progress_bar:
             from trainer import progress
 
-            self.progress = progress.ProgressBar(self.stop_at)
+            self.progress = progress.ProgressBar(self.stop_at, initial_step=step)
         log_path = self.run_dir / TRAIN_LOG
         while step < self.stop_at:
             boundaries = [self.stop_at, step + config.steps_per_loop,

@@ -1,0 +1,98 @@
+"""train_and_evaluate on a tiny corpus, in-process: the run directory a user would look at,
+refusing a run directory of another config, fp16/bf16 runs, and preprocessing on demand."""
+
+import json
+import math
+import pathlib
+
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from tests import trainer_testing as tt
+from trainer import checkpointing, config as config_lib, data
+from trainer.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
+    out = tmp_path_factory.mktemp("tiny")
+    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
+    return paths, manifest_dir, bert_chinese_dir
+
+
+def make_config(tiny, run_dir, **overrides):
+    paths, manifest_dir, tokenizer = tiny
+    return config_lib.parse_flags(tt.tiny_args(paths, manifest_dir, tokenizer, run_dir,
+                                               **overrides))
+
+
+def scalar_tags(run_dir):
+    accumulator = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return accumulator, set(accumulator.Tags()["tensors"])
+
+
+def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    results = train_and_evaluate(make_config(tiny, run_dir, eval_every=3))
+    assert results["step"] == 6 and 0.0 <= results["test"]["f1"] <= 1.0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["train_steps"] == 6 and saved["head"] == "crf"
+    assert json.loads((run_dir / "label_map.json").read_text())[0] == "O"
+    assert (run_dir / "data_manifest.json").is_file()
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-6")
+    assert (run_dir / "best" / "best.json").is_file()
+    lines = (run_dir / "predictions_test.txt").read_text(encoding="utf-8").split("\n")
+    first = lines[0].split(" ")
+    assert len(first) == 3 and len(first[0]) == 1 and first[1][0] in "OBI"
+    log = tt.train_log(run_dir)
+    assert [r["step"] for r in log] == [3, 6]
+    assert all(math.isfinite(r["loss"]) for r in log)
+    assert set(log[0]["learning_rate"]) == {"bilstm", "head", "crf"}  # the encoder is frozen
+    _, tags = scalar_tags(run_dir)
+    for tag in ("train/loss", "train/lr/head", "train/grad_norm/crf", "train/tokens_per_s",
+                "train/sentences_per_s", "dev/f1", "dev/precision", "dev/recall",
+                "dev/token_accuracy", "test/f1", "dev/f1/LOC"):
+        assert tag in tags, tag
+
+    # The same directory with a different run-defining flag is refused, naming the flag...
+    with pytest.raises(checkpointing.RunDirectoryError, match="--batch_size"):
+        train_and_evaluate(make_config(tiny, run_dir, batch_size=4))
+    # ...but a later --max_steps/--train_steps-compatible resume of the same run is accepted:
+    # everything is done, so it only re-evaluates from the latest checkpoint.
+    again = train_and_evaluate(make_config(tiny, run_dir, eval_every=3, max_steps=6))
+    assert again["step"] == 6 and again["test"]["f1"] == pytest.approx(results["test"]["f1"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_runs_have_finite_losses(tiny, tmp_path, precision):
+    run_dir = tmp_path / precision
+    train_and_evaluate(make_config(tiny, run_dir, mixed_precision=precision, train_steps=4,
+                                   steps_per_loop=2, log_every=2, encoder_learning_rate=1e-4))
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    log = tt.train_log(run_dir)
+    assert [r["step"] for r in log] == [2, 4]
+    assert all(math.isfinite(r["loss"]) for r in log)
+    _, tags = scalar_tags(run_dir)
+    if precision == "fp16":
+        assert all(r["loss_scale"] > 0 for r in log)
+        assert "train/loss_scale" in tags
+    else:
+        assert all(r["loss_scale"] is None for r in log)
+        assert "train/loss_scale" not in tags
+
+
+def test_preprocessing_runs_once_and_is_cached_by_fingerprint(tiny, tmp_path):
+    paths, _, tokenizer = tiny
+    config = config_lib.TrainConfig(
+        train_file=str(paths["train"]), dev_file=str(paths["dev"]), test_file=str(paths["test"]),
+        tokenizer=str(tokenizer), encoder_config="{}", max_seq_length=64, stride=16,
+        data_cache_dir=str(tmp_path / "cache"))
+    messages = []
+    first = data.ensure_preprocessed(config, log=messages.append)
+    assert (pathlib.Path(first) / "manifest.json").is_file()
+    assert data.ensure_preprocessed(config, log=messages.append) == first
+    assert messages[-1].startswith("reusing")
+    other = data.ensure_preprocessed(config.replace(stride=8), log=messages.append)
+    assert other != first
