@@ -316,3 +316,34 @@ def test_padding_share():
         {"attention_mask": tf.constant([[[1, 1, 0], [1, 0, 0]], [[1, 1, 1], [1, 1, 1]]])})
     assert padding_share(dataset) == pytest.approx(3 / 12)
     assert padding_share(dataset.take(0)) == 0.0
+
+
+PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+@pytest.mark.slow
+def test_people_daily_dev_bucketed_padding_at_most_10_percent(tmp_path, e5_dir, people_daily_dir):
+    """Acceptance 4: bucketed batches of People's Daily dev have <= 10% padding tokens."""
+    from data_pipeline.preprocess import preprocess
+    from data_pipeline.records import decode_example
+
+    manifest = preprocess({"dev": people_daily_dir / "example.dev"}, tmp_path / "pd", e5_dir,
+                          max_seq_length=128, stride=32, label_map=PD_LABELS,
+                          sentences_per_shard=1000, num_workers=2)
+    expected = {}
+    for shard in manifest["splits"]["dev"]["shards"]:
+        for serialized in tf.data.TFRecordDataset(str(tmp_path / "pd" / shard["file"])):
+            record = decode_example(serialized.numpy())
+            expected[(record["sentence_id"], record["window_start"])] = record
+    assert len(expected) == manifest["splits"]["dev"]["counts"]["windows"]
+
+    bucketed = make_dataset(tmp_path / "pd", "dev", batch_size=32, shuffle=True, seed=0)
+    check_batches(collect(bucketed), expected, pad_id=manifest["tokenizer"]["pad_token_id"])
+    bucketed_share = padding_share(bucketed)
+    budget_share = padding_share(make_dataset(tmp_path / "pd", "dev", tokens_per_batch=4096))
+    fixed_share = padding_share(make_dataset(tmp_path / "pd", "dev", batch_size=32,
+                                             bucketing=False))
+    print(f"\nPeople's Daily dev padding share: bucketed (batch_size=32) {bucketed_share:.2%}, "
+          f"token budget 4096 {budget_share:.2%}, fixed length 128 {fixed_share:.2%}")
+    assert bucketed_share <= 0.10 and budget_share <= 0.10
+    assert fixed_share > bucketed_share
