@@ -38,6 +38,7 @@ from data_pipeline.manifest import FORMAT_VERSION, MANIFEST_NAME, write_json_ato
 
 COMPRESSION = {"none": "", "gzip": "GZIP"}
 _TOKENIZE_BATCH = 512
+_SMALL_INPUT_BYTES = 4 << 20
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -237,7 +238,8 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
       word_boundary_marker: "auto", "keep" or "drop" (see `tokenization`).
       compression: "none" or "gzip".
       sentences_per_shard: sentences per shard file.
-      num_workers: processes (default: the number of CPUs; 0 runs in this process).
+      num_workers: processes (default: the number of CPUs, or none for inputs under 4 MiB;
+        0 runs in this process).
       overwrite: replace an earlier, complete output at `output_dir`.
       log: called with progress messages.
 
@@ -279,7 +281,13 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         raise ValueError(f"stride ({stride}) must be smaller than max_seq_length minus the special "
                          f"tokens ({budget})")
 
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    if num_workers is None:
+        # Starting a worker costs about a second (Python, numpy, later TensorFlow's writer), so
+        # small corpora are done in this process.
+        small = sum(os.path.getsize(path) for path in splits.values()) < _SMALL_INPUT_BYTES
+        workers = 0 if small else (os.cpu_count() or 1)
+    else:
+        workers = num_workers
     pool = None
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -343,6 +351,12 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
                                    stride=stride, compression=COMPRESSION[compression])
         write_json_atomic(staging / MANIFEST_NAME, manifest)
         _swap_into_place(staging, output_dir)
+        for name, split in manifest["splits"].items():
+            counts = split["counts"]
+            log(f"{name}: {counts['sentences']} sentences, {counts['windows']} windows "
+                f"({counts['sentences_split']} sentences split), {counts['tokens']} tokens, "
+                f"unknown-token rate {counts['unknown_token_rate']:.4%}, "
+                f"entities {counts['entities']}, repaired tags {counts['repaired_tags'] or 0}")
         log(f"wrote {sum(s['records'] for s in shards)} windows in {len(shards)} shards to "
             f"{output_dir} in {time.time() - started:.1f}s")
         return manifest
