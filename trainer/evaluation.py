@@ -255,7 +255,7 @@ def _make_eval_step(model, strategy):
             outputs.update({name: batch[name] for name in _PASSED_THROUGH})
             return outputs
 
-        step.compiled = compiled
+        step.compiled = compiled  # for tests: compiled.experimental_get_tracing_count()
         return step
 
     def replica_step(batch):
@@ -266,9 +266,7 @@ def _make_eval_step(model, strategy):
     def distributed_step(batch):
         return strategy.run(replica_step, args=(batch,))
 
-    compiled = tf.function(distributed_step, autograph=False, reduce_retracing=True)
-    compiled.compiled = compiled
-    return compiled
+    return tf.function(distributed_step, autograph=False, reduce_retracing=True)
 
 
 def _get_eval_step(model, strategy):
@@ -412,6 +410,8 @@ def write_predictions(path: str | os.PathLike, predictions: Sequence[SentencePre
         人 O O
         <blank line>
 
+    Tokens are written verbatim: the corpus reader (`data_pipeline.corpus`, `char` format) splits
+    columns on ASCII spaces and tabs only, so a full-width space U+3000 token reads back intact.
     The file is written to a temporary name and renamed, so it is never seen half-written.
 
     Args:
