@@ -269,11 +269,38 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     # Record-level sharding needs every pipeline to see the same record order.
     deterministic = (seed is not None or not shuffle) or (num_pipelines > 1 and not shard_by_file)
 
-    def read_shard(path):  # blocks of records: per-element interleave costs ~3x the reading
-        return tf.data.TFRecordDataset(path, compression_type=compression,
-                                       buffer_size=_READ_BUFFER_BYTES).batch(_READ_BLOCK_RECORDS)
+    def read_shard(path, expected_records):
+        """One shard as blocks of serialized records: string [<= _READ_BLOCK_RECORDS].
 
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+        Blocks, because a per-record interleave costs about 3x the reading itself. The reader's
+        own errors (a corrupt or truncated record) do not say which file they come from, so the
+        reader stops at the first bad record and a check after the shard's last block fails
+        naming the shard when fewer records were readable than the manifest lists.
+        """
+        blocks = tf.data.TFRecordDataset(path, compression_type=compression,
+                                         buffer_size=_READ_BUFFER_BYTES)
+        blocks = blocks.ignore_errors().batch(_READ_BLOCK_RECORDS)
+        end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True))
+        blocks = blocks.map(lambda block: (block, False)).concatenate(end)
+
+        def count(total, block_and_end):
+            block, is_end = block_and_end
+            total += tf.size(block, out_type=tf.int64)
+            check = tf.debugging.Assert(
+                tf.logical_or(tf.logical_not(is_end),
+                              tf.logical_or(expected_records < 0, total == expected_records)),
+                [tf.strings.join([
+                    "shard ", path, " is corrupt or truncated: only ", tf.strings.as_string(total),
+                    " of its ", tf.strings.as_string(expected_records),
+                    " records (per the manifest) could be read"])])
+            with tf.control_dependencies([check]):
+                return total, tf.identity(block)
+
+        return blocks.scan(tf.constant(0, tf.int64), count)
+
+    expected_records = [int(entry.get("records", -1)) for entry in shards]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, tf.string), tf.constant(expected_records, tf.int64)))
     if shuffle and (num_pipelines == 1 or shard_by_file):
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(read_shard, cycle_length=min(len(files), _MAX_INTERLEAVE_CYCLE),

@@ -245,10 +245,28 @@ def test_corrupt_shard_is_named(tmp_path):
     flip_bytes(shard, shard.stat().st_size // 2)
     with pytest.raises(ShardError, match=r"train-00001-of-00002\.tfrecord.*sha256"):
         make_dataset(tmp_path, "train", batch_size=4)
-    # Without checksums the reader's own record CRC still refuses the corrupt record.
+    # Without checksums the corrupt record is found while reading, and the error names the shard.
     dataset = make_dataset(tmp_path, "train", batch_size=4, verify_checksums=False)
-    with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"train-00001-of-00002\.tfrecord is corrupt or truncated"):
         collect(dataset)
+
+
+@pytest.mark.parametrize("compression", ["", "GZIP"])
+def test_truncated_shard_is_named_while_reading(tmp_path, compression):
+    """A shard cut short and its manifest entry rewritten to match still fails by name."""
+    write_split(tmp_path, lengths_like_corpus(300), num_shards=2, compression=compression)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]["shards"][0]
+    shard = tmp_path / entry["file"]
+    data = shard.read_bytes()[:entry["bytes"] * 2 // 3]
+    shard.write_bytes(data)
+    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"train-00000-of-00002\.tfrecord is corrupt or truncated: only \d+ "
+                             r"of its 150 records"):
+        collect(make_dataset(tmp_path, "train", batch_size=8))
 
 
 def test_missing_and_resized_shards_are_named(tmp_path):
