@@ -327,7 +327,7 @@ _CONSTRAINT = np.array([96, 96, 96], np.uint8)      # gray
 
 
 def render_heatmap(values: np.ndarray, *, labels: Sequence[str] | None = None,
-                   cell_size: int = 14, font_scale: int = 2) -> np.ndarray:
+                   cell_size: int = 24, font_scale: int = 2) -> np.ndarray:
     """Renders a matrix as a diverging heatmap (blue < 0 < red, white at 0).
 
     The colour scale is symmetric, full colour at the largest |value| that is not a constraint
