@@ -11,8 +11,9 @@ special tokens) is cut into windows at token boundaries; consecutive windows ove
 When merging, each character takes its prediction from the window where it has the most context:
 the smaller of its distances to the window's two ends, where an end that is also the sentence's
 end does not count (there is no missing context there). Ties go to the earlier window. Above,
-character 4 has context min(4, 1) = 1 in window 0 and min(inf, 5) = inf in window 1, so it takes
-window 1's prediction; character 5 likewise.
+character 4 has context min(inf, 6-1-4) = 1 in window 0 and min(4-4, inf) = 0 in window 1, so it
+keeps window 0's prediction; character 5 has 0 in window 0 and 1 in window 1, so it takes window
+1's. The overlap is split down the middle.
 """
 
 from __future__ import annotations
