@@ -1,0 +1,163 @@
+"""Tag raw text with an export: `python -m trainer.predict --export_dir=DIR [TEXT ...]`.
+
+    python -m trainer.predict --export_dir=exports/pd "我爱北京天安门" "新华社北京电"
+    python -m trainer.predict --export_dir=exports/pd --input_file=news.txt > entities.jsonl
+    cat news.txt | python -m trainer.predict --export_dir=exports/pd --format=conll
+
+Input: one sentence or document per line (the arguments, else --input_file, else standard
+input). Output (standard output):
+
+- `--format=jsonl` (default): one JSON object per entity, in input order,
+  {"line": 1, "text": "北京", "type": "LOC", "start": 2, "end": 4, "score": 0.97}: `line` is the
+  1-based number of the input line (or argument), `start`/`end` are character offsets into that
+  line as given, so line[start:end] == text; `score` is the mean probability of the entity's tags
+  (CRF: marginal probabilities).
+- `--format=conll`: `token tag` lines (characters for character models, words for word models;
+  spaces and tabs are not tokens and are not written), a blank line after each input line.
+
+Problems with single lines (empty, too long, characters the tokenizer does not know, invalid
+UTF-8) are reported on standard error as `line N: ...` and the other lines are still tagged.
+A directory that is not an export, or a missing input file, ends with `error: ...` and exit
+status 2.
+
+Imports only the standard library, numpy, tokenizers and TensorFlow (see `trainer.serving`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banners off stderr
+
+from trainer import serving  # noqa: E402
+
+FORMATS = ("jsonl", "conll")
+
+
+def _parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.predict",
+        description="Tag raw text lines with an exported model; entities as JSON lines.")
+    parser.add_argument("texts", nargs="*", help="Lines to tag (default: --input_file or "
+                                                 "standard input).")
+    parser.add_argument("--export_dir", required=True, help="Directory from trainer.export.")
+    parser.add_argument("--input_file", default=None, help="UTF-8 file, one text per line.")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl", dest="output_format",
+                        help="jsonl: one entity per line; conll: `token tag` lines.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Windows per model call.")
+    parser.add_argument("--max_line_chars", type=int, default=1_000_000,
+                        help="Longer lines are reported and skipped (0: no limit).")
+    return parser
+
+
+def _decode_lines(stream, warn) -> Iterator[str]:
+    """Lines of a binary stream as text; invalid UTF-8 is replaced (and reported)."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            warn(f"line {number}: invalid UTF-8 at byte {e.start}; bad bytes replaced by U+FFFD "
+                 f"(offsets count the replaced text)")
+            yield raw.decode("utf-8", errors="replace")
+
+
+def write_prediction(prediction: serving.LinePrediction, output_format: str, out) -> None:
+    """Writes one line's prediction in `output_format` to the text stream `out`."""
+    if output_format == "jsonl":
+        for entity in prediction.entities:
+            record = {"line": prediction.line_number, **entity}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        out.writelines(f"{token} {tag}\n" for token, tag in zip(prediction.tokens,
+                                                                prediction.tags))
+        out.write("\n")
+
+
+class _Report:
+    """Per-line problems as they happen; tokens unknown to the tokenizer summed up at the end."""
+
+    def __init__(self, warn):
+        self.warn = warn
+        self.unknown_lines: list[int] = []
+        self.unknown_tokens: dict[str, int] = {}
+
+    def add(self, prediction: serving.LinePrediction) -> None:
+        if prediction.error:
+            self.warn(f"line {prediction.line_number}: {prediction.error}; skipped")
+        elif prediction.unknown:
+            self.unknown_lines.append(prediction.line_number)
+            for token in prediction.unknown:
+                self.unknown_tokens[token] = self.unknown_tokens.get(token, 0) + 1
+
+    def close(self) -> None:
+        if not self.unknown_lines:
+            return
+        common = sorted(self.unknown_tokens, key=lambda t: -self.unknown_tokens[t])[:10]
+        lines = ", ".join(map(str, self.unknown_lines[:10]))
+        more = ", ..." if len(self.unknown_lines) > 10 else ""
+        self.warn(f"note: {sum(self.unknown_tokens.values())} token(s) in "
+                  f"{len(self.unknown_lines)} line(s) ({lines}{more}) are unknown to the "
+                  f"tokenizer and were tagged from its unknown token, as in training; most "
+                  f"frequent: {' '.join(common)}")
+
+
+def main(argv: list[str] | None = None, *, stdin=None, stdout=None, stderr=None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 bad export or input file)."""
+    args = _parser().parse_args(argv)
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+
+    def warn(message: str) -> None:
+        print(message, file=stderr, flush=True)
+
+    if args.batch_size < 1:
+        warn(f"error: --batch_size must be >= 1, got {args.batch_size}")
+        return 2
+    if args.texts and args.input_file:
+        warn("error: give texts as arguments or --input_file, not both")
+        return 2
+    try:
+        predictor = serving.Predictor(args.export_dir, batch_size=args.batch_size,
+                                      max_line_chars=args.max_line_chars)
+    except serving.ExportError as e:
+        warn(f"error: {e}")
+        return 2
+    stream = None
+    if args.texts:
+        lines = iter(args.texts)
+    elif args.input_file:
+        try:
+            stream = open(args.input_file, "rb")
+        except OSError as e:
+            warn(f"error: --input_file={args.input_file}: {e.strerror}")
+            return 2
+        lines = _decode_lines(stream, warn)
+    else:
+        if hasattr(stdin, "isatty") and stdin.isatty():
+            warn("reading lines from standard input (end with Ctrl-D)")
+        lines = _decode_lines(stdin, warn)
+    report = _Report(warn)
+    try:
+        for prediction in predictor.predict_lines(lines):
+            report.add(prediction)
+            if not prediction.error:
+                write_prediction(prediction, args.output_format, stdout)
+        stdout.flush()
+        report.close()
+    except BrokenPipeError:  # e.g. `| head`: the reader is gone, nothing left to do
+        sys.stderr = open(os.devnull, "w")
+    finally:
+        if stream is not None:
+            stream.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
