@@ -24,6 +24,10 @@ the manifest's length histogram by `bucket_boundaries`); each bucket's batches h
 is longer than the budget. Example with boundaries [16, 32, 64, 128] and a budget of 1024
 tokens: windows of 17..32 tokens go in batches of 32, padded to the longest window of the batch.
 When shuffling, the batches of a chunk are shuffled too, so lengths do not rise within a chunk.
+
+Shards are checked against the manifest before reading (present, byte size, sha256 unless
+`verify_checksums=False`); while reading, a shard that yields fewer records than the manifest
+lists (a corrupt or truncated record) fails the iteration with an error naming it.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def check_shards(manifest: dict[str, Any], shards: Sequence[dict[str, Any]], *,
 
     Args:
       manifest: from `manifest.load_manifest` (its "directory" holds the shards).
-      shards: manifest entries {"file", "bytes", "sha256", ...} of the shards to check.
+      shards: manifest entries {"file", "records", "bytes", "sha256"} of the shards to check.
       verify_checksums: also hash every file and compare with "sha256" (catches any flipped
         byte, so a corrupt record cannot reach the reader unnoticed).
 
@@ -76,6 +80,8 @@ def check_shards(manifest: dict[str, Any], shards: Sequence[dict[str, Any]], *,
         where = f"shard {entry['file']} ({path}, listed in {root / MANIFEST_NAME})"
         if not path.is_file():
             raise ShardError(f"{where} is missing")
+        if "records" not in entry:
+            raise ShardError(f"{where}: the manifest entry lacks its record count 'records'")
         size = path.stat().st_size
         if "bytes" in entry and size != int(entry["bytes"]):
             raise ShardError(f"{where} has {size} bytes but the manifest says {entry['bytes']}: "
@@ -178,7 +184,8 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
         padding the batch shape is then static [batch_size, T].
       pad_to_length: T for fixed padding (bucketing=False); must hold the longest window.
       verify_checksums: sha256 every shard against the manifest before reading (a corrupt shard
-        then fails here, naming the shard). Shard presence and size are always checked.
+        then fails here, naming the shard). Shard presence and size are always checked, and a
+        corrupt record met while reading fails the iteration naming the shard either way.
       bucket_upper_bounds: overrides the boundaries that `bucket_boundaries` derives from the
         manifest's length histogram (used with tokens_per_batch).
 
@@ -188,6 +195,7 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     Raises:
       ValueError: a bad argument or combination (the message names it), an unknown split.
       ShardError: a shard missing or differing from the manifest (named in the message).
+      During iteration, tf.errors.InvalidArgumentError "shard PATH is corrupt or truncated".
     """
     import tensorflow as tf
 
@@ -217,8 +225,9 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     if drop_remainder and tokens_per_batch is not None:
         raise ValueError("drop_remainder=True needs batch_size: token-budget batches vary in size "
                          "by design, so there is no remainder to drop")
-    if bucket_upper_bounds is not None and not bucketing:
-        raise ValueError("bucket_upper_bounds needs bucketing=True")
+    if bucket_upper_bounds is not None and (not bucketing or tokens_per_batch is None):
+        raise ValueError("bucket_upper_bounds needs bucketing=True and tokens_per_batch "
+                         "(with batch_size, each chunk is sorted by length and needs no bounds)")
 
     fixed_length = None
     if not bucketing:
@@ -269,43 +278,15 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     # Record-level sharding needs every pipeline to see the same record order.
     deterministic = (seed is not None or not shuffle) or (num_pipelines > 1 and not shard_by_file)
 
-    def read_shard(path, expected_records):
-        """One shard as blocks of serialized records: string [<= _READ_BLOCK_RECORDS].
-
-        Blocks, because a per-record interleave costs about 3x the reading itself. The reader's
-        own errors (a corrupt or truncated record) do not say which file they come from, so the
-        reader stops at the first bad record and a check after the shard's last block fails
-        naming the shard when fewer records were readable than the manifest lists.
-        """
-        blocks = tf.data.TFRecordDataset(path, compression_type=compression,
-                                         buffer_size=_READ_BUFFER_BYTES)
-        blocks = blocks.ignore_errors().batch(_READ_BLOCK_RECORDS)
-        end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True))
-        blocks = blocks.map(lambda block: (block, False)).concatenate(end)
-
-        def count(total, block_and_end):
-            block, is_end = block_and_end
-            total += tf.size(block, out_type=tf.int64)
-            check = tf.debugging.Assert(
-                tf.logical_or(tf.logical_not(is_end),
-                              tf.logical_or(expected_records < 0, total == expected_records)),
-                [tf.strings.join([
-                    "shard ", path, " is corrupt or truncated: only ", tf.strings.as_string(total),
-                    " of its ", tf.strings.as_string(expected_records),
-                    " records (per the manifest) could be read"])])
-            with tf.control_dependencies([check]):
-                return total, tf.identity(block)
-
-        return blocks.scan(tf.constant(0, tf.int64), count)
-
-    expected_records = [int(entry.get("records", -1)) for entry in shards]
+    expected_records = [int(entry["records"]) for entry in shards]
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(files, tf.string), tf.constant(expected_records, tf.int64)))
     if shuffle and (num_pipelines == 1 or shard_by_file):
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(read_shard, cycle_length=min(len(files), _MAX_INTERLEAVE_CYCLE),
-                                 block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=deterministic).unbatch()
+    dataset = dataset.interleave(
+        lambda path, records: _read_shard_blocks(path, records, compression),
+        cycle_length=min(len(files), _MAX_INTERLEAVE_CYCLE), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).unbatch()
     if num_pipelines > 1 and not shard_by_file:
         dataset = dataset.shard(num_pipelines, pipeline_id)
     if shuffle:
@@ -338,6 +319,44 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
             tf.data.experimental.AutoShardPolicy.OFF)
         dataset = dataset.with_options(options)
     return dataset
+
+
+def _read_shard_blocks(path, expected_records, compression: str):
+    """One shard as blocks of serialized records.
+
+    Args:
+      path: string scalar tensor, the shard file.
+      expected_records: int64 scalar tensor, its record count in the manifest.
+      compression: "", "GZIP" or "ZLIB".
+
+    Returns:
+      A dataset of string [<= _READ_BLOCK_RECORDS] blocks (blocks, because a per-record
+      interleave costs about 3x the reading itself). TensorFlow's own error for a corrupt or
+      truncated record does not say which file it is in ("corrupted record at 99836"), so the
+      reader stops at the first bad record, and a check after the last block fails, naming the
+      shard, unless exactly `expected_records` records were read.
+    """
+    import tensorflow as tf
+
+    blocks = tf.data.TFRecordDataset(path, compression_type=compression,
+                                     buffer_size=_READ_BUFFER_BYTES)
+    blocks = blocks.ignore_errors().batch(_READ_BLOCK_RECORDS)
+    end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True))
+    blocks = blocks.map(lambda block: (block, False)).concatenate(end)
+
+    def count(total, block_and_end):
+        block, is_end = block_and_end
+        total += tf.size(block, out_type=tf.int64)
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(is_end), tf.equal(total, expected_records)),
+            [tf.strings.join([
+                "shard ", path, " is corrupt or truncated: only ", tf.strings.as_string(total),
+                " of its ", tf.strings.as_string(expected_records),
+                " records (per the manifest) could be read"])])
+        with tf.control_dependencies([check]):
+            return total, tf.identity(block)
+
+    return blocks.scan(tf.constant(0, tf.int64), count)
 
 
 _TOKEN_FEATURES = SEQUENCE_FEATURES + ("attention_mask",)

@@ -185,6 +185,15 @@ def test_seed_gives_the_same_order_and_epochs_differ(corpus, small_chunks):
     unshuffled = make_dataset(directory, "train", batch_size=16)
     np.testing.assert_array_equal(order(unshuffled), order(unshuffled))
 
+    # Repeated, the stream is the same across dataset objects, so a resumed run can skip to
+    # where it stopped (the trainer does this).
+    def repeated():
+        return make_dataset(directory, "train", batch_size=16, shuffle=True, seed=7,
+                            repeat=True)
+    stream = order(repeated().take(100))  # 700 windows per epoch: crosses two epoch ends
+    assert len(stream) == 1600
+    np.testing.assert_array_equal(order(repeated().skip(60).take(40)), stream[60 * 16:])
+
 
 def test_bucketing_keeps_padding_small(tmp_path):
     lengths = lengths_like_corpus(3000, seed=5)
@@ -211,6 +220,13 @@ def test_token_budget_is_respected(tmp_path, small_chunks):
         rows, width = batch["input_ids"].shape
         assert rows * width <= budget or rows == 1, (rows, width)
     assert any(b["input_ids"].shape == (1, MAX_SEQ_LENGTH) for b in batches)
+
+    bounds = [16, 32, MAX_SEQ_LENGTH]
+    for batch in collect(make_dataset(tmp_path, "train", tokens_per_batch=256,
+                                      bucket_upper_bounds=bounds)):
+        rows, width = batch["input_ids"].shape
+        bound = bounds[np.searchsorted(bounds, width)]
+        assert rows <= max(1, 256 // bound), (rows, width)
 
     fixed = collect(make_dataset(tmp_path, "train", tokens_per_batch=640, bucketing=False))
     assert {b["input_ids"].shape[0] for b in fixed[:-1]} == {640 // MAX_SEQ_LENGTH}
@@ -292,6 +308,8 @@ def test_missing_and_resized_shards_are_named(tmp_path):
     (dict(tokens_per_batch=100, drop_remainder=True), "drop_remainder=True needs batch_size"),
     (dict(tokens_per_batch=30, bucketing=False), "tokens_per_batch=30 is smaller"),
     (dict(batch_size=8, shuffle=True, shuffle_buffer=0), "shuffle_buffer must be"),
+    (dict(batch_size=8, bucket_upper_bounds=[64]), "bucket_upper_bounds needs"),
+    (dict(tokens_per_batch=640, bucket_upper_bounds=[32]), "must end at or above the longest"),
 ], ids=lambda value: str(value) if isinstance(value, str) else None)
 def test_bad_arguments_are_named(corpus, kwargs, message):
     directory, _, _ = corpus
