@@ -388,9 +388,11 @@ def _make_chunk_batcher(*, upper_bounds, bucket_sizes, sort, fixed_length, pad_t
             features = {name: value[:keep] for name, value in features.items()}
         rows = features["input_ids"]
         lengths = tf.cast(rows.row_lengths(), tf.int32)  # [n]
-        starts = tf.cast(rows.row_starts(), tf.int32)  # [n] offset of each row in .values
         n = tf.shape(lengths)[0]
-        checks = []
+        checks = [tf.debugging.assert_equal(
+            features[name].row_splits, rows.row_splits,
+            message=f"a record's {name} and input_ids differ in length") for name in
+            SEQUENCE_FEATURES[1:]]
         if fixed_length is not None:
             checks.append(tf.debugging.assert_less_equal(
                 lengths, fixed_length,
@@ -428,24 +430,26 @@ def _make_chunk_batcher(*, upper_bounds, bucket_sizes, sort, fixed_length, pad_t
 
         # Flat padded layout: row i becomes batch_length[batch[i]] values, rows in batch order.
         #   lengths 2, 3 in one batch (T=3):  a0 a1 PAD | b0 b1 b2
-        row_width = tf.gather(batch_length, batch)  # [n]
-        out_row = tf.repeat(tf.range(n), row_width)  # [sum(row_width)]
-        column = tf.range(tf.shape(out_row)[0]) - tf.gather(
-            tf.cumsum(row_width, exclusive=True), out_row)
-        is_token = column < tf.gather(lengths, out_row)
-        source = tf.where(is_token, tf.gather(tf.gather(starts, order), out_row) + column, 0)
+        # Taken from the chunk padded to its longest row, grid [n * width, 4] (row r's position
+        # c is grid[r * width + c]), with one gather: cheaper than building it from the ragged
+        # values, which needs the row of every output position.
+        shape = None if fixed_length is None else [None, fixed_length]
+        padded = [tf.cast(features[name].to_tensor(pad_values[name], shape=shape), tf.int32)
+                  for name in SEQUENCE_FEATURES]  # [n, width] each
+        width = tf.shape(padded[0])[1]
+        padded.append(tf.sequence_mask(tf.cast(rows.row_lengths(), tf.int32), width,
+                                       dtype=tf.int32))  # attention_mask
+        grid = tf.reshape(tf.stack(padded, axis=2), [-1, len(padded)])  # [n * width, 4]
+        row_start = order * width
+        source = tf.ragged.range(row_start, row_start + tf.gather(batch_length, batch)).flat_values
         values_per_batch = batch_rows * batch_length
-        # Features are stacked on a last axis so unbatch and the finisher handle two ragged
-        # tensors per batch instead of eight (per-batch overhead dominates at small batches).
-        tokens = [tf.where(is_token, tf.gather(tf.cast(features[name].values, tf.int32), source),
-                           pad_values[name]) for name in SEQUENCE_FEATURES]
-        tokens.append(tf.cast(is_token, tf.int32))  # attention_mask
+        tokens = tf.gather(grid, source)  # [sum of rows * T over batches, 4]
         scalars = [tf.cast(tf.gather(features[name], order), tf.int32)
                    for name in SCALAR_FEATURES]
         return {
             "_length": batch_length,
             "_tokens": tf.RaggedTensor.from_row_lengths(  # [nb, (rows * T), 4]
-                tf.stack(tokens, axis=1), values_per_batch, validate=False),
+                tokens, values_per_batch, validate=False),
             "_scalars": tf.RaggedTensor.from_row_lengths(  # [nb, (rows), 4]
                 tf.stack(scalars, axis=1), batch_rows, validate=False),
         }
