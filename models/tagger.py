@@ -13,6 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from models import encoders, heads
+from models.bilstm import MaskedBiLSTM
 from models.config import TaggerConfig
 
 
@@ -33,11 +34,8 @@ class Tagger(tf.keras.Model):
         self.combiner = encoders.HiddenLayerCombiner(
             config.hidden_layers, config.num_hidden_layers_used)
         self.feature_dropout = tf.keras.layers.Dropout(config.dropout, name="feature_dropout")
-        self.bilstm_layers = [
-            tf.keras.layers.Bidirectional(
-                tf.keras.layers.LSTM(config.bilstm_units, return_sequences=True),
-                name=f"bilstm_{i}")
-            for i in range(config.bilstm_layers)]
+        self.bilstm_layers = [MaskedBiLSTM(config.bilstm_units, name=f"bilstm_{i}")
+                              for i in range(config.bilstm_layers)]
         self.bilstm_dropouts = [
             tf.keras.layers.Dropout(config.bilstm_dropout, name=f"bilstm_dropout_{i}")
             for i in range(config.bilstm_layers)]
@@ -91,8 +89,7 @@ class Tagger(tf.keras.Model):
         if self.bilstm_layers:
             mask = tf.cast(attention_mask, tf.bool)
             for bilstm, dropout in zip(self.bilstm_layers, self.bilstm_dropouts):
-                # [batch, seq_len, 2 * units]; masked steps carry the state through, so in the
-                # backward direction the state entering the last real token is the initial one.
+                # [batch, seq_len, 2 * units]; padding never reaches real steps (bilstm.py).
                 features = bilstm(features, mask=mask, training=training)
                 features = dropout(features, training=training)
         return tf.cast(self.classifier(features), tf.float32)
