@@ -128,8 +128,10 @@ def bucket_boundaries(length_histogram: Sequence[int], *, max_buckets: int = 16,
     cost = (lengths[j_idx] * (cum_count[j_idx + 1] - cum_count[i_idx])
             - (cum_tokens[j_idx + 1] - cum_tokens[i_idx]))
     cost = np.where(j_idx >= i_idx, cost, np.inf)
-    best = cost[0].copy()  # best[j]: least padding of lengths[0..j] in k buckets
-    choices = []  # choices[k][j]: start index of the last bucket in the k+2-bucket solution
+    best = cost[0].copy()  # best[j]: least padding of lengths[0..j] in at most k buckets
+    # choices[k - 2][j]: where the last bucket of the best <= k-bucket solution for lengths[0..j]
+    # starts, or -1 when k - 1 buckets do as well.
+    choices = []
     for _ in range(1, max(1, max_buckets)):
         padding = best[-1]
         if padding / (padding + real_tokens) <= target_padding:
