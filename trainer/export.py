@@ -403,9 +403,28 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
 
 def _save_pretrained(model, directory: pathlib.Path, fmt: str,
                      tokenizer: str | None) -> dict:
-    """Writes the encoder (a transformers TF model) and its original tokenizer."""
+    """Writes the encoder (a transformers TF model) and its original tokenizer.
+
+    The tagger's transformer was built inside the tagger, so its weight names carry the
+    tagger's scopes ("transformer_encoder/tf_bert_model_1/bert/...") and transformers could not
+    match them when loading. The weights are copied into a fresh, top-level instance of the same
+    class and config ("tf_bert_model/bert/..."), which is what `save_pretrained` writes.
+    """
+    from models.encoders import load_transformer
+
     transformer = model.encoder.transformer
-    transformer.save_pretrained(str(directory), safe_serialization=(fmt == "safetensors"))
+    fresh = load_transformer(encoder_config=transformer.config.to_dict())
+    fresh(fresh.dummy_inputs, training=False)  # build its variables
+    source, target = transformer.weights, fresh.weights
+    tails = [w.name.split("/", 1)[1] for w in target]
+    if len(source) != len(target) or any(
+            not s.name.endswith(tail) or s.shape != t.shape
+            for s, t, tail in zip(source, target, tails)):
+        raise ExportError(f"cannot save the encoder with save_pretrained: the weights of a fresh "
+                          f"{type(fresh).__name__} do not line up with the trained ones")
+    for s, t in zip(source, target):
+        t.assign(s)
+    fresh.save_pretrained(str(directory), safe_serialization=(fmt == "safetensors"))
     saved_tokenizer = False
     if tokenizer:
         from data_pipeline.tokenization import load_tokenizer
@@ -416,7 +435,7 @@ def _save_pretrained(model, directory: pathlib.Path, fmt: str,
         except ValueError:
             pass
     return {"directory": ENCODER_DIR, "format": fmt,
-            "model_class": type(transformer).__name__, "tokenizer": saved_tokenizer}
+            "model_class": type(fresh).__name__, "tokenizer": saved_tokenizer}
 
 
 def _versions() -> dict:

@@ -264,8 +264,96 @@ def entities_of(text: str, spans: Sequence[tuple[int, int]], tags: Sequence[str]
 
 
 # ------------------------------------------------------------------------------------------------
-# The predictor
+# Lines -> windows (no TensorFlow), and the predictor
 # ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EncodedLine:
+    """One line, tokenized and cut into windows as preprocessing would.
+
+    Attributes:
+      tokens, spans: see `split_line`.
+      windows: [(input_ids, char_index, window_start, window_end)] as `window_records` makes them
+        (input_ids and char_index lists of equal length, special tokens included).
+      unknown: tokens whose only piece is the unknown token.
+      error: why the line cannot be tagged (empty, too long, nothing left after normalising).
+    """
+
+    tokens: list[str]
+    spans: list[tuple[int, int]]
+    windows: list[tuple[list[int], list[int], int, int]]
+    unknown: list[str]
+    error: str | None = None
+
+
+class LineEncoder:
+    """Raw lines -> tokens -> pieces -> windows, exactly as preprocessing tokenizes and windows.
+
+    Args:
+      tokenizer_json: the backend tokenizer JSON preprocessing used.
+      prefix_ids, suffix_ids, unk_token_id: from its TokenizerInfo.
+      max_seq_length, stride: the windowing settings.
+      input_format: "char" or "conll" (see `split_line`).
+      max_line_chars: longer lines get an error instead of windows; 0 = no limit.
+    """
+
+    def __init__(self, *, tokenizer_json: str, prefix_ids: Sequence[int],
+                 suffix_ids: Sequence[int], unk_token_id: int, max_seq_length: int, stride: int,
+                 input_format: str, max_line_chars: int = 0):
+        from tokenizers import Tokenizer
+
+        from data_pipeline.tokenization import TokenEncoder
+
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        self.encoder = TokenEncoder(Tokenizer.from_str(tokenizer_json), unk_token_id)
+        self.prefix_ids, self.suffix_ids = list(prefix_ids), list(suffix_ids)
+        self.unk_token_id = unk_token_id
+        self.budget = max_seq_length - len(self.prefix_ids) - len(self.suffix_ids)
+        self.stride = stride
+        self.input_format = input_format
+        self.max_line_chars = max_line_chars
+
+    @classmethod
+    def from_settings(cls, settings: ExportSettings, max_line_chars: int = 0) -> "LineEncoder":
+        return cls(tokenizer_json=settings.tokenizer_json, prefix_ids=settings.prefix_ids,
+                   suffix_ids=settings.suffix_ids, unk_token_id=settings.unk_token_id,
+                   max_seq_length=settings.max_seq_length, stride=settings.stride,
+                   input_format=settings.input_format, max_line_chars=max_line_chars)
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedLine]:
+        """Encodes lines (without line ends); one EncodedLine per text, in order."""
+        from data_pipeline.windows import window_records
+
+        lines = []
+        todo = []
+        for text in texts:
+            tokens, spans = split_line(text, self.input_format)
+            line = EncodedLine(tokens, spans, [], [])
+            if self.max_line_chars and len(text) > self.max_line_chars:
+                line.error = (f"{len(text):,} characters, more than max_line_chars="
+                              f"{self.max_line_chars:,}; split it into several lines")
+            elif not tokens:
+                line.error = "empty line, nothing to tag"
+            else:
+                todo.append(line)
+            lines.append(line)
+        for line, (ids, first_piece, _) in zip(
+                todo, self.encoder.encode([line.tokens for line in todo])):
+            if not ids:
+                line.error = ("the tokenizer's normaliser removes every character of it "
+                              "(control or zero-width characters?)")
+                continue
+            bounds = first_piece + [len(ids)]
+            line.unknown = [token for j, token in enumerate(line.tokens)
+                            if ids[bounds[j]:bounds[j + 1]] == [self.unk_token_id]]
+            line.windows = [
+                (input_ids, char_index, start, end)
+                for input_ids, _, char_index, start, end in window_records(
+                    ids, first_piece, [0] * len(first_piece), prefix_ids=self.prefix_ids,
+                    suffix_ids=self.suffix_ids, budget=self.budget, stride=self.stride)]
+        return lines
 
 
 class Predictor:
@@ -281,23 +369,19 @@ class Predictor:
       max_line_chars: longer lines are not tagged (LinePrediction.error says why); 0 = no limit.
       lines_per_chunk: lines read, windowed and batched together (windows of similar length
         share a batch); memory grows with it.
+
+    Raises:
+      ExportError: `export_dir` is not a readable export (checked before TensorFlow loads).
     """
 
     def __init__(self, export_dir: str | os.PathLike, *, batch_size: int = 32,
                  max_line_chars: int = 1_000_000, lines_per_chunk: int = 256):
-        from tokenizers import Tokenizer
-
-        from data_pipeline.tokenization import TokenEncoder
-
         self.settings = read_export(export_dir)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.max_line_chars = max_line_chars
         self.lines_per_chunk = max(1, lines_per_chunk)
-        s = self.settings
-        self.encoder = TokenEncoder(Tokenizer.from_str(s.tokenizer_json), s.unk_token_id)
-        self.budget = s.max_seq_length - len(s.prefix_ids) - len(s.suffix_ids)
+        self.line_encoder = LineEncoder.from_settings(self.settings, max_line_chars)
         self._signature = None
 
     @property
@@ -327,54 +411,35 @@ class Predictor:
             yield from self._predict_chunk(chunk)
 
     def _predict_chunk(self, chunk: list[tuple[int, str]]) -> list[LinePrediction]:
-        from data_pipeline.windows import merge_window_predictions, window_records
+        from data_pipeline.windows import merge_window_predictions
 
-        s = self.settings
-        results: list[LinePrediction] = []
-        todo: list[int] = []  # indices into results of the lines to run through the model
-        for number, text in chunk:
-            tokens, spans = split_line(text, s.input_format)
-            prediction = LinePrediction(number, text, tokens, spans, [], [], [], [])
-            if self.max_line_chars and len(text) > self.max_line_chars:
-                prediction.error = (f"{len(text):,} characters, more than max_line_chars="
-                                    f"{self.max_line_chars:,}; split it into several lines")
-            elif not tokens:
-                prediction.error = "empty line, nothing to tag"
-            else:
-                todo.append(len(results))
+        label_map = self.settings.label_map
+        encoded = self.line_encoder.encode([text for _, text in chunk])
+        windows = [(index, window) for index, line in enumerate(encoded)
+                   for window in line.windows]
+        tag_rows, prob_rows = self._run([window for _, window in windows])
+        # (line index, window_start, window_end, line length in tokens, char_index)
+        spans = [(index, start, end, len(encoded[index].tokens), char_index)
+                 for index, (_, char_index, start, end) in windows]
+        merged_tags = merge_window_predictions(s + (row,) for s, row in zip(spans, tag_rows))
+        merged_probs = merge_window_predictions(s + (row,) for s, row in zip(spans, prob_rows))
+        results = []
+        for index, ((number, text), line) in enumerate(zip(chunk, encoded)):
+            prediction = LinePrediction(number, text, line.tokens, line.spans, [], [], [],
+                                        line.unknown, line.error)
+            if index in merged_tags:
+                prediction.tags = [label_map[i] for i in merged_tags[index].tolist()]
+                prediction.tag_probs = merged_probs[index].astype(float).tolist()
+                prediction.entities = entities_of(text, line.spans, prediction.tags,
+                                                  prediction.tag_probs)
             results.append(prediction)
-        encoded = self.encoder.encode([results[i].tokens for i in todo])
-        windows = []  # (line index, window_start, window_end, input_ids, char_index)
-        for index, (ids, first_piece, _) in zip(todo, encoded):
-            prediction = results[index]
-            if not ids:
-                prediction.error = ("the tokenizer's normaliser removes every character of it "
-                                    "(control or zero-width characters?)")
-                continue
-            first = first_piece + [len(ids)]
-            prediction.unknown = [token for j, token in enumerate(prediction.tokens)
-                                  if ids[first[j]:first[j + 1]] == [s.unk_token_id]]
-            for input_ids, _, char_index, start, end in window_records(
-                    ids, first_piece, [0] * len(first_piece), prefix_ids=s.prefix_ids,
-                    suffix_ids=s.suffix_ids, budget=self.budget, stride=s.stride):
-                windows.append((index, start, end, input_ids, char_index))
-        tag_rows, prob_rows = self._run(windows)
-        spans = [(index, start, end, len(results[index].tokens), char_index)
-                 for index, start, end, _, char_index in windows]
-        merged_tags = merge_window_predictions(
-            span + (row,) for span, row in zip(spans, tag_rows))
-        merged_probs = merge_window_predictions(
-            span + (row,) for span, row in zip(spans, prob_rows))
-        for index, tag_ids in merged_tags.items():
-            prediction = results[index]
-            prediction.tags = [s.label_map[i] for i in tag_ids.tolist()]
-            prediction.tag_probs = merged_probs[index].astype(float).tolist()
-            prediction.entities = entities_of(prediction.text, prediction.spans, prediction.tags,
-                                              prediction.tag_probs)
         return results
 
     def _run(self, windows: list[tuple]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Runs the model over windows, batching windows of similar length together.
+
+        Args:
+          windows: (input_ids, char_index, window_start, window_end) per window.
 
         Returns:
           (tag ids, tag probabilities) per window, each [window length], aligned with `windows`.
@@ -384,15 +449,15 @@ class Predictor:
         pad = self.settings.pad_token_id
         tags: list = [None] * len(windows)
         probs: list = [None] * len(windows)
-        order = sorted(range(len(windows)), key=lambda w: len(windows[w][3]))
+        order = sorted(range(len(windows)), key=lambda w: len(windows[w][0]))
         for begin in range(0, len(order), self.batch_size):
             batch = order[begin:begin + self.batch_size]
-            length = max(len(windows[w][3]) for w in batch)
-            input_ids = np.full([len(batch), length], pad, np.int32)
-            attention_mask = np.zeros([len(batch), length], np.int32)
-            label_mask = np.zeros([len(batch), length], np.int32)
+            length = max(len(windows[w][0]) for w in batch)
+            input_ids = np.full([len(batch), length], pad, np.int32)   # [B, T]
+            attention_mask = np.zeros([len(batch), length], np.int32)  # [B, T]
+            label_mask = np.zeros([len(batch), length], np.int32)      # [B, T]
             for row, w in enumerate(batch):
-                ids, char_index = windows[w][3], windows[w][4]
+                ids, char_index = windows[w][0], windows[w][1]
                 input_ids[row, :len(ids)] = ids
                 attention_mask[row, :len(ids)] = 1
                 label_mask[row, :len(ids)] = np.asarray(char_index) >= 0
@@ -402,7 +467,7 @@ class Predictor:
             tag_ids = outputs["tag_ids"].numpy()
             tag_probs = outputs["tag_probs"].numpy()
             for row, w in enumerate(batch):
-                size = len(windows[w][3])
+                size = len(windows[w][0])
                 tags[w] = tag_ids[row, :size]
                 probs[w] = tag_probs[row, :size]
         return tags, probs

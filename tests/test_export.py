@@ -1,0 +1,245 @@
+"""Export: a tiny trained run -> export directory. In a fresh process that imports only TensorFlow
+and the predictor, the export tags the test split exactly as the trainer's final evaluation did
+(long sentences, cut into windows, included); the SavedModel works without the project; the
+tokenizer is written exactly as preprocessing used it (the SentencePiece `▁` setting included)."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_pipeline import records, tokenization
+from data_pipeline.preprocess import preprocess
+from tests import trainer_testing as tt
+from trainer import config as config_lib
+from trainer import export, serving
+from trainer.loop import train_and_evaluate
+
+MAX_SEQ_LENGTH = 32  # budget 30 pieces: a tenth of the test sentences need several windows
+STRIDE = 8
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, people_daily_dir, bert_chinese_dir):
+    """A 2-step tiny BERT + BiLSTM + CRF run. The learning rate is small on purpose: the model
+    stays near its random initialisation and predicts every kind of tag, so comparing
+    predictions tag by tag is a strict test (a tiny model trained longer predicts all "O")."""
+    out = tmp_path_factory.mktemp("export_run")
+    paths = tt.write_tiny_corpus(people_daily_dir, out / "corpus", train=120, dev=20, test=40)
+    args = tt.tiny_args(paths, "", bert_chinese_dir, out / "run", max_seq_length=MAX_SEQ_LENGTH,
+                        stride=STRIDE, train_steps=2, steps_per_loop=2, log_every=2,
+                        checkpoint_every=2, head_learning_rate=1e-4,
+                        data_cache_dir=out / "cache")
+    train_and_evaluate(config_lib.parse_flags(args))
+    return out / "run"
+
+
+@pytest.fixture(scope="module")
+def export_dir(run_dir):
+    return export.export_run(run_dir, run_dir.parent / "export", save_pretrained="safetensors",
+                             log=lambda message: None)
+
+
+def read_conll(text, columns):
+    """Sentences of a `token tag...` file as lists of tuples of the given columns."""
+    sentences = []
+    for block in text.split("\n\n"):
+        rows = [line.split(" ") for line in block.split("\n") if line]
+        if rows:
+            sentences.append([tuple(row[c] for c in columns) for row in rows])
+    return sentences
+
+
+def run_python(script, *, cwd, env=None, timeout=240):
+    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, timeout=timeout,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    return result
+
+
+def test_export_reproduces_the_trainers_test_predictions(run_dir, export_dir, tmp_path):
+    trainer_sentences = read_conll((run_dir / "predictions_test.txt").read_text("utf-8"),
+                                   columns=(0, 2))
+    raw = tmp_path / "test.txt"
+    raw.write_text("".join("".join(char for char, _ in s) + "\n" for s in trainer_sentences),
+                   encoding="utf-8")
+    output = tmp_path / "predicted.conll"
+    modules = tmp_path / "modules.json"
+    # A fresh process runs the real command line, then lists what it imported.
+    script = textwrap.dedent(f"""
+        import json, runpy, sys
+        sys.argv = ["trainer.predict", "--export_dir={export_dir}", "--input_file={raw}",
+                    "--format=conll", "--batch_size=7"]
+        with open({str(output)!r}, "w", encoding="utf-8") as sys.stdout:
+            try:
+                runpy.run_module("trainer.predict", run_name="__main__", alter_sys=True)
+            except SystemExit as stop:
+                assert not stop.code, stop.code
+        json.dump(sorted(sys.modules), open({str(modules)!r}, "w"))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(tt.REPO))
+    run_python(script, cwd=tmp_path, env=env)
+    predicted = read_conll(output.read_text("utf-8"), columns=(0, 1))
+
+    assert len(predicted) == len(trainer_sentences) == 40
+    for index, (theirs, ours) in enumerate(zip(trainer_sentences, predicted)):
+        assert ours == theirs, f"sentence {index} differs"
+    budget = MAX_SEQ_LENGTH - 2
+    assert sum(len(s) > budget for s in trainer_sentences) >= 3  # windows were merged
+    tags = {tag for s in trainer_sentences for _, tag in s}
+    assert len(tags) >= 5, tags  # not a trivial all-"O" comparison
+
+    # TensorFlow imports (tf_)keras and absl itself; nothing of the training stack may follow.
+    imported = json.loads(modules.read_text())
+    heavy = [name for name in imported if name.split(".")[0] in ("transformers", "models", "torch")
+             or name in ("trainer.config", "trainer.loop", "trainer.export", "trainer.data")]
+    assert not heavy, heavy
+    assert "tokenizers" in imported and "trainer.serving" in imported
+
+
+def test_export_directory_is_complete_and_checked(run_dir, export_dir, tmp_path):
+    manifest = json.loads((run_dir / "data_manifest.json").read_text())
+    settings = serving.read_export(export_dir)
+    assert settings.label_map == json.loads((run_dir / "label_map.json").read_text())
+    assert (settings.max_seq_length, settings.stride, settings.input_format) == (
+        MAX_SEQ_LENGTH, STRIDE, "char")
+    # The tokenizer preprocessing used (what its workers rebuild from `backend.to_str()`), with
+    # the fingerprint the manifest recorded; export_run checked that it is unchanged.
+    backend, info = tokenization.prepare_tokenizer(
+        manifest["tokenizer"]["name"], word_boundary_marker="auto", input_format="char")
+    assert info.fingerprint == manifest["tokenizer"]["fingerprint"]
+    assert settings.tokenizer_json == backend.to_str()
+    assert json.loads((export_dir / serving.TOKENIZER_INFO_FILE).read_text()) == info.to_json()
+    meta = settings.manifest
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert meta["source"]["step"] == best["step"] == 2
+    assert meta["source"]["checkpoint_kind"] == "best"
+    assert meta["tokenizer"]["fingerprint"] == info.fingerprint
+    assert meta["model"]["head"] == "crf" and meta["signature"]["name"] == "serving_default"
+    assert "saved_model.pb" in meta["sha256"] and "encoder/model.safetensors" in meta["sha256"]
+
+    # A modified file is caught, naming it.
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    (copy / serving.LABEL_MAP_FILE).write_text('["O"]')
+    with pytest.raises(serving.ExportError, match="label_map.json: checksum"):
+        serving.read_export(copy)
+
+
+def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tmp_path):
+    encoder = serving.LineEncoder.from_settings(serving.read_export(export_dir))
+    lines = encoder.encode(["国务院总理在北京人民大会堂会见了美国客人。" * 3, "新华社北京电"])
+    windows = [w for line in lines for w in line.windows]
+    length = max(len(ids) for ids, _, _, _ in windows)
+    batch = {name: np.zeros([len(windows), length], np.int32)
+             for name in ("input_ids", "attention_mask", "label_mask")}
+    for row, (ids, char_index, _, _) in enumerate(windows):
+        batch["input_ids"][row, :len(ids)] = ids
+        batch["attention_mask"][row, :len(ids)] = 1
+        batch["label_mask"][row, :len(ids)] = np.asarray(char_index) >= 0
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({k: v.tolist() for k, v in batch.items()}))
+    outputs = tmp_path / "outputs.json"
+    # Plain Python with TensorFlow: the project's packages (and transformers) cannot be imported.
+    script = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("trainer", "models", "data_pipeline", "transformers"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import tensorflow as tf
+        loaded = tf.saved_model.load({str(export_dir)!r})
+        serve = loaded.signatures["serving_default"]
+        inputs = json.load(open({str(inputs)!r}))
+        out = serve(**{{k: tf.constant(v, tf.int32) for k, v in inputs.items()}})
+        json.dump({{k: v.numpy().tolist() for k, v in out.items()}}, open({str(outputs)!r}, "w"))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    run_python(script, cwd=tmp_path, env=env)
+    served = json.loads(outputs.read_text())
+
+    # The same windows through the run's model restored in this process.
+    run = export.read_run(run_dir)
+    prefix, _ = export.resolve_checkpoint(run_dir, "best")
+    model, _ = export.build_model(run, prefix)
+    logits = model({k: tf.constant(batch[k]) for k in ("input_ids", "attention_mask")})
+    tag_ids, scores = model.decode(logits, tf.constant(batch["label_mask"] > 0))
+    np.testing.assert_array_equal(served["tag_ids"], tag_ids.numpy())
+    np.testing.assert_allclose(served["scores"], scores.numpy(), rtol=1e-5, atol=1e-5)
+    probs = np.asarray(served["tag_probs"])
+    assert np.all(probs[batch["label_mask"] == 0] == 0)
+    labelled = probs[batch["label_mask"] == 1]
+    assert np.all((labelled > 0) & (labelled <= 1.0 + 1e-6))
+
+    # save_pretrained: transformers reads the fine-tuned encoder back (safetensors here, h5 too).
+    from transformers import TFAutoModel
+
+    ids = tf.constant(batch["input_ids"][:2])
+    mask = tf.constant(batch["attention_mask"][:2])
+    expected = model.encoder.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+    h5_dir = tmp_path / "h5"
+    export._save_pretrained(model, h5_dir, "h5", None)
+    assert (h5_dir / "tf_model.h5").is_file()
+    for directory in (export_dir / export.ENCODER_DIR, h5_dir):
+        reloaded = TFAutoModel.from_pretrained(str(directory))
+        hidden = reloaded(input_ids=ids, attention_mask=mask).last_hidden_state
+        np.testing.assert_allclose(hidden.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_path, capsys):
+    def fails(*argv, match):
+        assert export.main(list(map(str, argv))) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and match in err and "Traceback" not in err, err
+
+    fails("--run_dir", tmp_path / "missing", "--export_dir", tmp_path / "e", match="no such")
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    for name in ("config.json", "data_manifest.json", "label_map.json"):
+        shutil.copy(run_dir / name, untrained / name)
+    fails("--run_dir", untrained, "--export_dir", tmp_path / "e", match="no checkpoint")
+    fails("--run_dir", run_dir, "--export_dir", export_dir, match="not empty")
+    fails("--run_dir", run_dir, "--checkpoint", tmp_path / "nope", "--export_dir",
+          tmp_path / "e", match="--checkpoint=")
+    assert not (tmp_path / "e").exists()
+
+
+def test_e5_export_tokenizes_lines_exactly_like_preprocessing(tmp_path, e5_dir, people_daily_dir):
+    """XLM-R style tokenizer: the exported tokenizer keeps preprocessing's `prepend_scheme=never`
+    (no bare `▁` per character), and a raw line gets the very windows preprocessing wrote."""
+    text = (people_daily_dir / "example.test").read_text(encoding="utf-8")
+    sentences = [s for s in text.split("\n\n") if s.strip()][:30]
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
+    manifest = preprocess({"train": str(corpus)}, tmp_path / "shards", str(e5_dir),
+                          max_seq_length=24, stride=6, num_workers=0)
+    tokenizer_json, info = export.prepare_serving_tokenizer(manifest, "char")
+    assert info["word_boundary_marker"] == "dropped"
+    assert '"prepend_scheme":"never"' in tokenizer_json.replace(" ", "")
+    encoder = serving.LineEncoder(
+        tokenizer_json=tokenizer_json, prefix_ids=info["prefix_ids"],
+        suffix_ids=info["suffix_ids"], unk_token_id=info["unk_token_id"], max_seq_length=24,
+        stride=6, input_format="char")
+    raw_lines = ["".join(row.split(" ")[0] for row in s.split("\n") if row) for s in sentences]
+    encoded = encoder.encode(raw_lines)
+    ours = {(i, start): (list(ids), list(char_index))
+            for i, line in enumerate(encoded) for ids, char_index, start, _ in line.windows}
+    theirs = {}
+    directory = pathlib.Path(manifest["directory"]) if "directory" in manifest else \
+        tmp_path / "shards"
+    for shard in manifest["splits"]["train"]["shards"]:
+        for serialized in tf.data.TFRecordDataset(str(directory / shard["file"])):
+            record = records.decode_example(serialized.numpy())
+            theirs[(record["sentence_id"], record["window_start"])] = (
+                record["input_ids"].tolist(), record["char_index"].tolist())
+    assert ours == theirs
+    assert sum(len(line.windows) > 1 for line in encoded) >= 3
