@@ -200,8 +200,11 @@ class TrainStep:
             else:
                 gradients = [tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
                              for a, b in zip(gradients, batch_gradients)]
+        # Dense gradients: the norm of an IndexedSlices (embedding lookups) is the norm of its
+        # values, which over-counts repeated token ids, so clipping would differ from the dense
+        # (all-reduced) gradient of a multi-replica run. The Adam update is dense anyway.
+        gradients = [tf.convert_to_tensor(g) for g in gradients]
         if self.strategy.num_replicas_in_sync > 1:
-            gradients = [tf.convert_to_tensor(g) for g in gradients]
             gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
         if plan.loss_scaling:
             gradients = plan.optimizer.get_unscaled_gradients(gradients)

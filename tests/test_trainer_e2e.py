@@ -1,0 +1,52 @@
+"""The real entry point on the real data and model: `python -m trainer.main
+--flagfile=configs/frozen.flags` with multilingual-e5-small-zh, the People's Daily proxy train
+split (preprocessed on demand, then reused from the cache), and the original dev/test files
+(cut to their first sentences here so that evaluating with the 12-layer encoder stays quick)."""
+
+import json
+import pathlib
+
+import pytest
+import tensorflow as tf
+
+from tests import trainer_testing as tt
+
+EVAL_SENTENCES = 150
+
+
+def head_of_corpus(path, count, out_path):
+    sentences = [s for s in pathlib.Path(path).read_text(encoding="utf-8").split("\n\n")
+                 if s.strip()]
+    out_path.write_text("\n\n".join(sentences[:count]) + "\n", encoding="utf-8")
+    return out_path
+
+
+@pytest.mark.slow
+def test_frozen_flagfile_end_to_end(shared_dir, tmp_path):
+    people_daily = shared_dir / "data" / "people_daily"
+    dev = head_of_corpus(people_daily / "example.dev", EVAL_SENTENCES, tmp_path / "dev.txt")
+    test = head_of_corpus(people_daily / "example.test", EVAL_SENTENCES, tmp_path / "test.txt")
+    run_dir = tmp_path / "run"
+    cache = tmp_path / "cache"
+    args = ["--flagfile=configs/frozen.flags", "--train_steps=3", "--steps_per_loop=3",
+            "--log_every=3", f"--run_dir={run_dir}", f"--data_cache_dir={cache}",
+            f"--dev_file={dev}", f"--test_file={test}", "--eval_batch_size=64"]
+    result = tt.run_main(args, env={"TAGGER_SHARED_DIR": str(shared_dir)}, timeout=900)
+    assert "test f1" in result.stdout
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["pretrained"].endswith("multilingual-e5-small-zh")
+    assert config["train_file"].endswith("people_daily_proxy_train/example.train")
+    assert (config["hidden_layers"], config["bilstm_units"], config["max_seq_length"]) == (
+        "concat", 128, 100)
+    manifest = json.loads((run_dir / "data_manifest.json").read_text())
+    assert manifest["splits"]["train"]["counts"]["sentences"] == 45055
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-3")
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    predictions = (run_dir / "predictions_test.txt").read_text(encoding="utf-8")
+    assert predictions.count("\n\n") == EVAL_SENTENCES
+    assert all(len(line.split(" ")) == 3 for line in predictions.splitlines() if line)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["step"] == 3 and 0.0 <= results["test"]["f1"] <= 1.0
+    # The shards are cached by the fingerprint of the inputs: exactly one preprocessed copy.
+    assert len(list(cache.glob("*/manifest.json"))) == 1
