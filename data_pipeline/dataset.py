@@ -48,6 +48,9 @@ CHAR_INDEX_PAD = -1
 # partial batches (token budget) but more memory and a longer wait for the first batch.
 _CHUNK_RECORDS_BATCH_SIZE = 2048
 _CHUNK_RECORDS_TOKEN_BUDGET = 4096
+# A sorted chunk cut into k batches pads each to the longest of its 1/k-quantile of lengths:
+# with batch_size=128, 16 batches per chunk left 7.5% padding on MSRA, 32 leave about half that.
+_MIN_BATCHES_PER_CHUNK = 32
 _MAX_INTERLEAVE_CYCLE = 16
 _READ_BUFFER_BYTES = 1 << 20
 _READ_BLOCK_RECORDS = 64
@@ -259,7 +262,8 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
 
     if len(bucket_sizes) == 1:  # a multiple of the batch size: only an epoch's last is partial
         target = _CHUNK_RECORDS_BATCH_SIZE if batch_size else _CHUNK_RECORDS_TOKEN_BUDGET
-        chunk_records = bucket_sizes[0] * max(1, round(target / bucket_sizes[0]))
+        chunk_records = bucket_sizes[0] * max(_MIN_BATCHES_PER_CHUNK if bucketing else 1,
+                                              round(target / bucket_sizes[0]))
     else:
         chunk_records = max(_CHUNK_RECORDS_TOKEN_BUDGET, 4 * max(bucket_sizes))
 
