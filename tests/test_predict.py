@@ -1,0 +1,147 @@
+"""trainer.predict / trainer.serving: raw lines -> entities whose offsets slice the original line,
+spaces and full-width spaces, windows of long lines, and a clear message for every bad input."""
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from data_pipeline import tokenization
+from tests import trainer_testing as tt
+from trainer import evaluation, export, predict, serving
+
+PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+MAX_SEQ_LENGTH = 16  # budget 14: most People's Daily sentences need several windows
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, bert_chinese_dir):
+    """An untrained tiny BERT + CRF: it tags at random, so there are entities of every length."""
+    from models import TaggerConfig, build_tagger
+
+    model = build_tagger(TaggerConfig(encoder_config=tt.TINY_BERT, head="crf",
+                                      label_map=PD_LABELS, dropout=0.0))
+    backend, info = tokenization.prepare_tokenizer(bert_chinese_dir, word_boundary_marker="auto",
+                                                   input_format="char")
+    directory = tmp_path_factory.mktemp("predict") / "export"
+    return export.export_model(model, directory, label_map=PD_LABELS,
+                               tokenizer_json=backend.to_str(), tokenizer_info=info.to_json(),
+                               max_seq_length=MAX_SEQ_LENGTH, stride=4, input_format="char")
+
+
+@pytest.fixture(scope="module")
+def predictor(export_dir):
+    return serving.Predictor(export_dir, batch_size=8)
+
+
+def raw_sentences(people_daily_dir, count):
+    """The first `count` People's Daily test sentences as raw text lines."""
+    text = (people_daily_dir / "example.test").read_text(encoding="utf-8")
+    blocks = [b for b in text.split("\n\n") if b.strip()][:count]
+    return ["".join(row.split(" ")[0] for row in b.split("\n") if row) for b in blocks]
+
+
+def test_cli_entities_slice_the_original_people_daily_lines(export_dir, people_daily_dir,
+                                                            tmp_path):
+    lines = raw_sentences(people_daily_dir, 150)
+    path = tmp_path / "test.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.predict", f"--export_dir={export_dir}",
+         f"--input_file={path}"], cwd=tt.REPO, capture_output=True, text=True, timeout=240,
+        env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    entities = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(entities) > 100
+    assert {e["line"] for e in entities} <= set(range(1, len(lines) + 1))
+    assert max(e["end"] - e["start"] for e in entities) > 2
+    for entity in entities:
+        assert set(entity) == {"line", "text", "type", "start", "end", "score"}
+        line = lines[entity["line"] - 1]
+        assert line[entity["start"]:entity["end"]] == entity["text"], entity
+        assert entity["type"] in ("LOC", "ORG", "PER")
+        assert 0.0 < entity["score"] <= 1.0
+
+
+def test_offsets_index_the_line_with_its_spaces(predictor):
+    line = " 北京\t欢迎 你。\u3000新华社 "
+    prediction = predictor.predict(line)
+    assert prediction.tokens == list("北京欢迎你。\u3000新华社")  # U+3000 is a character
+    assert [line[a:b] for a, b in prediction.spans] == prediction.tokens
+    assert len(prediction.tags) == len(prediction.tokens) == len(prediction.tag_probs)
+    for entity in prediction.entities:
+        assert line[entity["start"]:entity["end"]] == entity["text"]
+    out = io.StringIO()
+    predict.write_prediction(prediction, "conll", out)
+    rows = out.getvalue().split("\n")
+    assert rows[-2:] == ["", ""] and len(rows) == len(prediction.tokens) + 2
+    assert [row.split(" ")[0] for row in rows[:-2]] == prediction.tokens
+    # A space inside an entity stays in its text: tokens 1..3 are 京 欢 迎.
+    [entity] = serving.entities_of(line, prediction.spans, ["O", "B-PER", "I-PER", "I-PER"],
+                                   [1.0, 0.5, 0.7, 0.9])
+    assert entity == {"text": "京\t欢迎", "type": "PER", "start": 2, "end": 6, "score": 0.7}
+
+
+def test_word_lines_split_on_spaces_and_tabs_only():
+    tokens, spans = serving.split_line("  EU rejects\tGerman\u3000call ", "conll")
+    assert tokens == ["EU", "rejects", "German\u3000call"]
+    assert spans == [(2, 4), (5, 12), (13, 24)]
+
+
+def test_entities_are_the_evaluations_entities():
+    random.seed(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG"]
+    for _ in range(500):
+        sequence = random.choices(tags, k=random.randint(0, 12))
+        expected = [tuple(e) for e in evaluation.extract_entities(sequence)]
+        assert serving.extract_entities(sequence) == expected, sequence
+
+
+def test_long_lines_and_batching_do_not_change_the_tags(predictor, people_daily_dir):
+    lines = raw_sentences(people_daily_dir, 40)
+    together = list(predictor.predict_lines(lines))
+    document = "".join(lines)  # ~2,000 characters, ~180 windows
+    [long] = predictor.predict_lines([document])
+    assert len(long.tags) == len(document)
+    alone = [predictor.predict(line) for line in lines[:10]]
+    for a, b in zip(together, alone):
+        # Tags are exact; probabilities move in the 6th decimal with the padding of a batch.
+        assert a.tags == b.tags
+        assert [e["text"] for e in a.entities] == [e["text"] for e in b.entities]
+        assert a.tag_probs == pytest.approx(b.tag_probs, abs=1e-4)
+    short = serving.Predictor(predictor.settings.directory, max_line_chars=100)
+    [skipped] = short.predict_lines([document])
+    assert skipped.error.startswith(f"{len(document):,} characters") and not skipped.tags
+
+
+def test_bad_input_gets_a_message_and_the_rest_is_tagged(export_dir, tmp_path):
+    stdin = io.BytesIO("北京欢迎你\n\n   \n\xff\n".encode("utf-8") + b"\xff\xfe\n" +
+                       "新华社😀电\n".encode("utf-8"))
+    out, err = io.StringIO(), io.StringIO()
+    assert predict.main([f"--export_dir={export_dir}", "--format=conll"], stdin=stdin,
+                        stdout=out, stderr=err) == 0
+    messages = err.getvalue()
+    assert "line 2: empty line, nothing to tag; skipped" in messages
+    assert "line 3: empty line" in messages
+    assert "line 5: invalid UTF-8 at byte 0" in messages
+    # BERT's normaliser drops U+FFFD, so nothing of line 5 is left to tag.
+    assert "line 5: the tokenizer's normaliser removes every character" in messages
+    assert "unknown to the tokenizer" in messages and "😀" in messages
+    sentences = [s for s in out.getvalue().split("\n\n") if s]
+    assert len(sentences) == 3  # lines 1, 4 (ÿ) and 6
+    assert sentences[-1].split("\n")[3].startswith("😀 ")
+
+    def fails(argv, match):
+        err = io.StringIO()
+        assert predict.main(argv, stdin=io.BytesIO(b""), stdout=io.StringIO(), stderr=err) == 2
+        assert err.getvalue().startswith("error: ") and match in err.getvalue(), err.getvalue()
+
+    fails([f"--export_dir={tmp_path}", "x"], "is not an export directory")
+    fails([f"--export_dir={tmp_path / 'nope'}", "x"], "no such directory")
+    fails([f"--export_dir={export_dir}", f"--input_file={tmp_path / 'nope.txt'}"],
+          "No such file")
