@@ -97,6 +97,7 @@ def corpus(tmp_path_factory):
 def small_chunks(monkeypatch):
     """Chunks of ~64 records, so the few hundred test records span several chunks."""
     monkeypatch.setattr(dataset_module, "_CHUNK_RECORDS_BATCH_SIZE", 64)
+    monkeypatch.setattr(dataset_module, "_MIN_BATCHES_PER_CHUNK", 2)
     monkeypatch.setattr(dataset_module, "_CHUNK_RECORDS_TOKEN_BUDGET", 96)
 
 
