@@ -43,8 +43,11 @@ def run_dir(tmp_path_factory, people_daily_dir, bert_chinese_dir):
 
 @pytest.fixture(scope="module")
 def export_dir(run_dir):
-    return export.export_run(run_dir, run_dir.parent / "export", save_pretrained="safetensors",
-                             log=lambda message: None)
+    """The export the trainer's end-of-training hook writes (plus the encoder for transformers)."""
+    path = export.export_after_training(run_dir, save_pretrained="safetensors",
+                                        log=lambda message: None, warn=pytest.fail)
+    assert path == run_dir.resolve() / "export"
+    return path
 
 
 def read_conll(text, columns):
@@ -211,6 +214,10 @@ def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_p
     fails("--run_dir", run_dir, "--checkpoint", tmp_path / "nope", "--export_dir",
           tmp_path / "e", match="--checkpoint=")
     assert not (tmp_path / "e").exists()
+    # The trainer's hook reports a failed export instead of failing the run.
+    warnings = []
+    assert export.export_after_training(untrained, warn=warnings.append) is None
+    assert "no checkpoint" in warnings[0] and "python -m trainer.export" in warnings[0]
 
 
 def test_e5_export_tokenizes_lines_exactly_like_preprocessing(tmp_path, e5_dir, people_daily_dir):

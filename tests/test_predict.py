@@ -145,3 +145,34 @@ def test_bad_input_gets_a_message_and_the_rest_is_tagged(export_dir, tmp_path):
     fails([f"--export_dir={tmp_path / 'nope'}", "x"], "no such directory")
     fails([f"--export_dir={export_dir}", f"--input_file={tmp_path / 'nope.txt'}"],
           "No such file")
+
+
+def test_softmax_embedding_tagger_serves_its_argmax_and_probabilities(tmp_path,
+                                                                      bert_chinese_dir):
+    import numpy as np
+    import tensorflow as tf
+
+    from models import TaggerConfig, build_tagger
+
+    backend, info = tokenization.prepare_tokenizer(bert_chinese_dir, word_boundary_marker="auto",
+                                                   input_format="char")
+    model = build_tagger(TaggerConfig(encoder="embedding", vocab_size=info.vocab_size,
+                                      embedding_dim=8, bilstm_layers=1, bilstm_units=4,
+                                      head="softmax", label_map=PD_LABELS))
+    arguments = dict(label_map=PD_LABELS, tokenizer_json=backend.to_str(),
+                     tokenizer_info=info.to_json(), max_seq_length=64, stride=8,
+                     input_format="char")
+    with pytest.raises(export.ExportError, match="needs a transformers encoder"):
+        export.export_model(model, tmp_path / "refused", save_pretrained="h5", **arguments)
+    assert not (tmp_path / "refused").exists()
+    directory = export.export_model(model, tmp_path / "softmax", **arguments)
+
+    line = "新华社北京电记者报道"
+    [prediction] = serving.Predictor(directory).predict_lines([line])
+    encoder = serving.LineEncoder.from_settings(serving.read_export(directory))
+    [(ids, char_index, _, _)] = encoder.encode([line])[0].windows
+    mask = tf.ones([1, len(ids)], tf.int32)
+    logits = model({"input_ids": tf.constant([ids]), "attention_mask": mask})
+    probs = tf.nn.softmax(logits, axis=-1).numpy()[0][np.asarray(char_index) >= 0]
+    assert prediction.tags == [PD_LABELS[i] for i in probs.argmax(-1)]
+    np.testing.assert_allclose(prediction.tag_probs, probs.max(-1), rtol=1e-5)

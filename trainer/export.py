@@ -488,6 +488,29 @@ def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, *,
     return path
 
 
+def export_after_training(run_dir: str | os.PathLike, *,
+                          export_dir: str | os.PathLike | None = None, checkpoint: str = "best",
+                          save_pretrained: str | None = None, log: Callable[[str], None] = print,
+                          warn: Callable[[str], None] = print) -> pathlib.Path | None:
+    """The trainer's hook: exports a finished run to `run_dir/export` (replacing an older one).
+
+    Call it once at the end of training, on the chief, after the final checkpoint is saved. A
+    failed export does not fail the training run: it is reported through `warn` (the command
+    `python -m trainer.export` can retry it) and None is returned.
+
+    Returns:
+      The export directory, or None if the export failed.
+    """
+    target = pathlib.Path(export_dir) if export_dir else pathlib.Path(run_dir) / "export"
+    try:
+        return export_run(run_dir, target, checkpoint=checkpoint, save_pretrained=save_pretrained,
+                          overwrite=True, log=log)
+    except (ExportError, serving.ExportError, OSError) as e:
+        warn(f"export to {target} failed: {e}; retry with `python -m trainer.export "
+             f"--run_dir={run_dir} --export_dir={target}`")
+        return None
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------

@@ -15,10 +15,15 @@ input). Output (standard output):
 - `--format=conll`: `token tag` lines (characters for character models, words for word models;
   spaces and tabs are not tokens and are not written), a blank line after each input line.
 
-Problems with single lines (empty, too long, characters the tokenizer does not know, invalid
-UTF-8) are reported on standard error as `line N: ...` and the other lines are still tagged.
-A directory that is not an export, or a missing input file, ends with `error: ...` and exit
-status 2.
+Lines that cannot be tagged (empty, longer than --max_line_chars, nothing left after the
+tokenizer's normaliser) are reported on standard error as `line N: ...; skipped`, invalid UTF-8
+as `line N: invalid UTF-8 ...` (the bad bytes are replaced), and the other lines are still
+tagged. Tokens the tokenizer does not know are tagged from its unknown token, as in training,
+and summed up in one note at the end. A directory that is not an export, or a missing input
+file, ends with `error: ...` and exit status 2; there is never a traceback for bad input.
+
+Lines are read and batched 256 at a time (one at a time when standard input is a terminal, so
+each typed line is answered at once).
 
 Imports only the standard library, numpy, tokenizers and TensorFlow (see `trainer.serving`).
 """
@@ -123,9 +128,12 @@ def main(argv: list[str] | None = None, *, stdin=None, stdout=None, stderr=None)
     if args.texts and args.input_file:
         warn("error: give texts as arguments or --input_file, not both")
         return 2
+    interactive = not args.texts and not args.input_file and hasattr(stdin, "isatty") \
+        and stdin.isatty()
     try:
         predictor = serving.Predictor(args.export_dir, batch_size=args.batch_size,
-                                      max_line_chars=args.max_line_chars)
+                                      max_line_chars=args.max_line_chars,
+                                      lines_per_chunk=1 if interactive else 256)
     except serving.ExportError as e:
         warn(f"error: {e}")
         return 2
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None, *, stdin=None, stdout=None, stderr=None)
             return 2
         lines = _decode_lines(stream, warn)
     else:
-        if hasattr(stdin, "isatty") and stdin.isatty():
+        if interactive:
             warn("reading lines from standard input (end with Ctrl-D)")
         lines = _decode_lines(stdin, warn)
     report = _Report(warn)
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None, *, stdin=None, stdout=None, stderr=None)
             report.add(prediction)
             if not prediction.error:
                 write_prediction(prediction, args.output_format, stdout)
+                if interactive:
+                    stdout.flush()
         stdout.flush()
         report.close()
     except BrokenPipeError:  # e.g. `| head`: the reader is gone, nothing left to do
