@@ -250,3 +250,43 @@ def test_e5_export_tokenizes_lines_exactly_like_preprocessing(tmp_path, e5_dir, 
                 record["input_ids"].tolist(), record["char_index"].tolist())
     assert ours == theirs
     assert sum(len(line.windows) > 1 for line in encoded) >= 3
+
+
+@pytest.mark.slow
+def test_pretrained_e5_export_reproduces_people_daily_test(tmp_path, people_daily_dir, e5_dir):
+    """People's Daily test through a frozen pretrained e5 + CRF run, then through its export in
+    a fresh process: the first 400 test sentences plus every sentence longer than one window
+    (all 4,636 take ~10 minutes on 2 cores and passed too when this test was written)."""
+    text = (people_daily_dir / "example.test").read_text(encoding="utf-8")
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    chosen = [b for i, b in enumerate(blocks) if i < 400 or b.count("\n") + 1 > 126]
+    test_file = tmp_path / "test.txt"
+    test_file.write_text("\n\n".join(chosen) + "\n", encoding="utf-8")
+    paths = tt.write_tiny_corpus(people_daily_dir, tmp_path / "corpus", train=200, dev=50,
+                                 test=0)
+    paths["test"] = test_file
+    args = tt.tiny_args(paths, "", e5_dir, tmp_path / "run", max_seq_length=128, stride=32,
+                        pretrained=e5_dir, encoder_config="", hidden_layers="last",
+                        bilstm_layers=0, train_steps=2, steps_per_loop=2, log_every=2,
+                        checkpoint_every=2, head_learning_rate=1e-3, eval_batch_size=64,
+                        data_cache_dir=tmp_path / "cache")
+    train_and_evaluate(config_lib.parse_flags(args))
+    run_dir = tmp_path / "run"
+    directory = export.export_after_training(run_dir, log=lambda message: None, warn=pytest.fail)
+    assert serving.read_export(directory).manifest["model"]["pretrained"] == str(e5_dir)
+
+    trainer_sentences = read_conll((run_dir / "predictions_test.txt").read_text("utf-8"),
+                                   columns=(0, 2))
+    raw = tmp_path / "raw.txt"
+    raw.write_text("".join("".join(char for char, _ in s) + "\n" for s in trainer_sentences),
+                   encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.predict", f"--export_dir={directory}",
+         f"--input_file={raw}", "--format=conll", "--batch_size=64"], cwd=tt.REPO,
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = read_conll(result.stdout, columns=(0, 1))
+    assert len(predicted) == len(trainer_sentences) == len(chosen)
+    assert sum(len(s) > 126 for s in trainer_sentences) >= 79
+    differing = [i for i, (a, b) in enumerate(zip(trainer_sentences, predicted)) if a != b]
+    assert not differing, f"{len(differing)} sentences differ, first {differing[:5]}"

@@ -207,17 +207,18 @@ def extract_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     Exactly the entities of `trainer.evaluation.extract_entities` (seqeval, strict IOB2): a `B-T`
     followed by the longest run of `I-T`; an `I-` that continues nothing is dropped.
     """
+    def kind_of(tag: str) -> str:  # "B-PER" -> "PER", as seqeval reads it
+        return tag[1:].strip("-") or "_"
+
     entities = []
     i = 0
     while i < len(tags):
-        tag = tags[i]
-        if not tag.startswith("B"):
+        if not tags[i].startswith("B"):
             i += 1
             continue
-        kind = tag[1:].strip("-") or "_"
+        kind = kind_of(tags[i])
         end = i + 1
-        while end < len(tags) and tags[end][:1] == "I" and (tags[end][1:].strip("-") or "_") \
-                == kind:
+        while end < len(tags) and tags[end].startswith("I") and kind_of(tags[end]) == kind:
             end += 1
         entities.append((kind, i, end))
         i = end
