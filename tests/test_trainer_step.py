@@ -36,7 +36,7 @@ def train_config(**changes):
     return TrainConfig(**values)
 
 
-def build(config, head="crf", hidden_layers="concat"):
+def build(config, head="crf", hidden_layers="concat", jit_compile=False):
     tf.keras.utils.set_random_seed(1)
     bert = dict(TINY_BERT, hidden_dropout_prob=config.dropout,
                 attention_probs_dropout_prob=config.dropout)
@@ -50,7 +50,7 @@ def build(config, head="crf", hidden_layers="concat"):
     position = tf.Variable(0, dtype=tf.int64)
     train_step = TrainStep(model=model, plan=plan, strategy=tf.distribute.get_strategy(),
                            grad_accum_steps=config.grad_accum_steps, step=step,
-                           input_position=position)
+                           input_position=position, jit_compile=jit_compile)
     return model, plan, train_step
 
 
@@ -112,3 +112,15 @@ def test_gradient_accumulation_equals_a_larger_batch(head):
     assert totals_a["loss_sum"] == pytest.approx(totals_b["loss_sum"], rel=1e-5)
     for a, b in zip(model_a.trainable_variables, model_b.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_jit_compiled_step_matches_graph_mode():
+    config = train_config(encoder_learning_rate=1e-3, dropout=0.0, bilstm_dropout=0.0)
+    batches = make_batches(2, 4)
+    model_a, _, step_a = build(config, head="softmax", hidden_layers="last", jit_compile=True)
+    totals_a, _ = run_steps(step_a, batches, 2)
+    model_b, _, step_b = build(config, head="softmax", hidden_layers="last")
+    totals_b, _ = run_steps(step_b, batches, 2)
+    assert totals_a["loss_sum"] == pytest.approx(totals_b["loss_sum"], rel=1e-4)
+    for a, b in zip(model_a.trainable_variables, model_b.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)

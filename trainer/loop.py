@@ -368,8 +368,12 @@ class _Run:
         return metrics
 
     def _maybe_keep_best(self, step: int, metrics: dict) -> None:
-        best = getattr(self, "_best_f1", -1.0)
-        if metrics["f1"] > best:
+        if not hasattr(self, "_best_f1"):  # a resumed run competes with its earlier best
+            best_json = self.run_dir / checkpointing.BEST_DIR / "best.json"
+            self._best_f1 = -1.0
+            if best_json.is_file():
+                self._best_f1 = json.loads(best_json.read_text())["f1"]
+        if metrics["f1"] > self._best_f1:
             self._best_f1 = metrics["f1"]
             self.checkpointer.save_best(step, metrics)
 
