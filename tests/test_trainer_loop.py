@@ -74,10 +74,25 @@ def test_mixed_precision_runs_have_finite_losses(tiny, tmp_path, precision):
     log = tt.train_log(run_dir)
     assert [r["step"] for r in log] == [2, 4]
     assert all(math.isfinite(r["loss"]) for r in log)
-    _, tags = scalar_tags(run_dir)
+    accumulator, tags = scalar_tags(run_dir)
     if precision == "fp16":
         assert all(r["loss_scale"] > 0 for r in log)
-        assert "train/loss_scale" in tags
+        # Every TensorBoard item of the issue, from a real training run's event files.
+        groups = ["embeddings", "encoder_layer_0", "encoder_layer_1", "bilstm", "head", "crf"]
+        expected = ["train/loss", "train/loss_scale", "train/tokens_per_s",
+                    "train/sentences_per_s"]
+        expected += [f"train/{kind}/{g}" for kind in ("lr", "grad_norm") for g in groups]
+        expected += [f"{split}/{metric}{suffix}" for split in ("dev", "test")
+                     for metric in ("f1", "precision", "recall")
+                     for suffix in ("", "/LOC", "/ORG", "/PER")]
+        expected += [f"{split}/{metric}" for split in ("dev", "test")
+                     for metric in ("token_accuracy", "loss")]
+        expected += ["dev/examples", "_hparams_/session_start_info"]
+        assert sorted(set(expected) - tags) == []
+        assert "crf/transitions" in accumulator.Tags()["images"] or "crf/transitions" in tags
+        loss_scales = [tf.make_ndarray(e.tensor_proto) for e in
+                       accumulator.Tensors("train/loss_scale")]
+        assert loss_scales == [r["loss_scale"] for r in log]
     else:
         assert all(r["loss_scale"] is None for r in log)
         assert "train/loss_scale" not in tags
