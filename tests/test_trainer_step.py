@@ -92,7 +92,10 @@ def test_fine_tuning_moves_the_encoder():
     assert not plan.encoder_frozen
     encoder = encoder_variables(model)
     before = [v.numpy().copy() for v in encoder]
-    run_steps(train_step, make_batches(2, 4), 2)
+    batches = make_batches(3, 4)
+    run_steps(train_step, batches[:2], 2)
+    run_steps(train_step, batches[2:], 1)  # another step count: a tensor, so no retracing
+    assert train_step.run.experimental_get_tracing_count() == 1
     assert {v.name for v in encoder} <= train_step.watched_variable_names
     changed = [not np.array_equal(old, v.numpy()) for old, v in zip(before, encoder)]
     assert all(changed)
