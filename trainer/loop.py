@@ -185,6 +185,15 @@ class TrainStep:
         return gradients, loss_sum
 
     def _replica_update(self, micro_batches: list[dict]):
+        """One optimizer update on one replica (runs under `strategy.run`).
+
+        Args:
+          micro_batches: grad_accum_steps batches as from make_dataset (int32 [B, T] / [B]).
+
+        Returns:
+          ({"loss_sum", "count", "tokens", "windows"}: float32 scalars of this replica,
+           gradient norm per trainable group before clipping: float32 [num_groups]).
+        """
         plan = self.plan
         context = tf.distribute.get_replica_context()
         local_count = tf.add_n([tf.reduce_sum(tf.cast(b["label_ids"] != IGNORE_ID, tf.float32))
