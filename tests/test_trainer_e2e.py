@@ -38,7 +38,8 @@ def test_frozen_flagfile_end_to_end(shared_dir, real_data, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--flagfile=configs/frozen.flags", "--train_steps=3", "--steps_per_loop=3",
             "--log_every=3", f"--run_dir={run_dir}", f"--data_cache_dir={cache}",
-            f"--dev_file={dev}", f"--test_file={test}", "--eval_batch_size=64"]
+            f"--dev_file={dev}", f"--test_file={test}", "--eval_batch_size=64",
+            "--noexport"]
     result = tt.run_main(args, env={"TAGGER_SHARED_DIR": str(shared_dir)}, timeout=900)
     assert "test f1" in result.stdout
 
@@ -74,7 +75,8 @@ def test_short_frozen_bilstm_crf_run_beats_the_all_o_tagger(shared_dir, real_dat
     args = ["--flagfile=configs/frozen_crf.flags", "--train_steps=80", "--steps_per_loop=20",
             "--log_every=20", "--batch_size=16", "--head_learning_rate=5e-3",
             "--crf_learning_rate=5e-2", "--warmup_proportion=0", f"--run_dir={run_dir}",
-            f"--data_cache_dir={cache}", f"--dev_file={dev}", f"--test_file={test}"]
+            f"--data_cache_dir={cache}", f"--dev_file={dev}", f"--test_file={test}",
+            "--noexport"]
     tt.run_main(args, env={"TAGGER_SHARED_DIR": str(shared_dir)}, timeout=900)
     results = json.loads((run_dir / "results.json").read_text())
     gold = [line.split(" ")[1] for line in

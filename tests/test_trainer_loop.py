@@ -35,7 +35,7 @@ def scalar_tags(run_dir):
 
 def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
     run_dir = tmp_path / "run"
-    results = train_and_evaluate(make_config(tiny, run_dir, eval_every=3))
+    results = train_and_evaluate(make_config(tiny, run_dir, eval_every=3, export=True))
     assert results["step"] == 6 and 0.0 <= results["test"]["f1"] <= 1.0
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["train_steps"] == 6 and saved["head"] == "crf"
@@ -43,6 +43,7 @@ def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
     assert (run_dir / "data_manifest.json").is_file()
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-6")
     assert (run_dir / "best" / "best.json").is_file()
+    assert (run_dir / "export" / "saved_model.pb").is_file()  # trainer.export's end-of-run hook
     lines = (run_dir / "predictions_test.txt").read_text(encoding="utf-8").split("\n")
     first = lines[0].split(" ")
     assert len(first) == 3 and len(first[0]) == 1 and first[1][0] in "OBI"

@@ -51,7 +51,7 @@ def tiny_args(paths, manifest_dir, tokenizer_dir, run_dir, **overrides):
                   hidden_layers="concat", num_hidden_layers_used=2, bilstm_layers=1,
                   bilstm_units=16, head="crf", head_learning_rate=5e-3, batch_size=8,
                   train_steps=6, steps_per_loop=3, log_every=3, checkpoint_every=3,
-                  eval_batch_size=32, run_dir=run_dir, progress_bar=False)
+                  eval_batch_size=32, run_dir=run_dir, progress_bar=False, export=False)
     values.update(overrides)
     args = []
     for name, value in values.items():

@@ -38,7 +38,7 @@ DECAYS = ("linear", "cosine", "constant")
 RUN_CONTROL_FIELDS = frozenset({
     "max_steps", "overwrite", "resume_mismatched", "progress_bar", "log_every", "steps_per_loop",
     "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "run_dir",
-    "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy",
+    "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy", "export",
 })
 
 
@@ -115,6 +115,7 @@ class TrainConfig:
     overwrite: bool = False
     resume_mismatched: bool = False
     progress_bar: bool = True
+    export: bool = True
 
     def __post_init__(self):
         validate(self)
@@ -345,6 +346,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("resume_mismatched", False, "Resume a run directory whose config "
                          "differs from this one.", **f)
     flags.DEFINE_boolean("progress_bar", True, "Show a progress bar on the terminal.", **f)
+    flags.DEFINE_boolean("export", True, "At the end, export the best model as a SavedModel to "
+                         "run_dir/export (trainer.export; a failed export only warns).", **f)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:

@@ -461,6 +461,11 @@ class _Run:
                 self.summaries.transitions_image(step, self.model.transitions.numpy(),
                                                  self.label_map)
             (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True))
+            if self.config.export:
+                from trainer import export
+
+                export.export_after_training(self.run_dir, log=logging.info,
+                                             warn=logging.warning)
         return results
 
     def close(self) -> None:
