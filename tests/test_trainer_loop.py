@@ -42,7 +42,8 @@ def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
     assert json.loads((run_dir / "label_map.json").read_text())[0] == "O"
     assert (run_dir / "data_manifest.json").is_file()
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-6")
-    assert (run_dir / "best" / "best.json").is_file()
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert results["test_checkpoint_step"] == best["step"]  # test is scored with the best model
     assert (run_dir / "export" / "saved_model.pb").is_file()  # trainer.export's end-of-run hook
     lines = (run_dir / "predictions_test.txt").read_text(encoding="utf-8").split("\n")
     first = lines[0].split(" ")

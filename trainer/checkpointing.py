@@ -123,6 +123,16 @@ class Checkpointer:
             with open(os.path.join(self._best_dir, "best.json"), "w") as stream:
                 json.dump(payload, stream, indent=2, sort_keys=True)
 
+    def restore_best(self) -> int | None:
+        """Loads the best dev checkpoint's weights into the model; returns its step (or None)."""
+        best_json = os.path.join(self._best_dir, "best.json")
+        if not os.path.isfile(best_json):
+            return None
+        with open(best_json) as stream:
+            step = int(json.load(stream)["step"])
+        self._best.read(os.path.join(self._best_dir, "model")).assert_existing_objects_matched()
+        return step
+
     def close(self) -> None:
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -455,8 +455,14 @@ class _Run:
         if self.chief:
             dev = self.evaluate("dev", step, write_predictions=True)
             self._maybe_keep_best(step, dev)
+            # Test is scored once, with the model chosen on dev: the best checkpoint, which is
+            # also what the export below serves. The final weights are already saved in
+            # checkpoints/, so a later resume is unaffected.
+            best_step = self.checkpointer.restore_best()
+            if best_step is not None and best_step != step:
+                logging.info("evaluating test with the best dev checkpoint (step %d)", best_step)
             test = self.evaluate("test", step, write_predictions=True)
-            results.update(dev=dev, test=test)
+            results.update(dev=dev, test=test, test_checkpoint_step=best_step or step)
             if self.config.head == "crf" and hasattr(self.model, "transitions"):
                 self.summaries.transitions_image(step, self.model.transitions.numpy(),
                                                  self.label_map)
