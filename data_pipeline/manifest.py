@@ -24,10 +24,13 @@ complete. Layout (abridged):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
+import uuid
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -84,3 +87,25 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in blocks."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Moves a finished staging directory to `target`, replacing an earlier one whole.
+
+    Both are in the same parent directory, so each rename is atomic: at every moment `target` is
+    either the complete old output or the complete new one (or, for an instant, absent).
+    """
+    staging, target = pathlib.Path(staging), pathlib.Path(target)
+    if target.exists():
+        retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, retired)
+        os.rename(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, target)

@@ -21,7 +21,6 @@ How it runs:
 from __future__ import annotations
 
 import collections
-import hashlib
 import multiprocessing
 import os
 import pathlib
@@ -34,7 +33,8 @@ from collections.abc import Callable
 import numpy as np
 
 from data_pipeline import corpus, records, tokenization, windows
-from data_pipeline.manifest import FORMAT_VERSION, MANIFEST_NAME, write_json_atomic
+from data_pipeline.manifest import (FORMAT_VERSION, MANIFEST_NAME, file_sha256, replace_directory,
+                                    write_json_atomic)
 
 COMPRESSION = {"none": "", "gzip": "GZIP"}
 _TOKENIZE_BATCH = 512
@@ -200,13 +200,9 @@ def _write_shard(task: dict) -> dict:
     if sentence_id - task["first_sentence_id"] != task["sentences"]:
         raise corpus.CorpusError(task["source"], task["line"], "file changed while it was read")
     os.replace(partial, task["path"])
-    digest = hashlib.sha256()
-    with open(task["path"], "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
     return {"split": task["split"], "index": task["index"], "file": os.path.basename(task["path"]),
             "records": int(stats["windows"]), "bytes": os.path.getsize(task["path"]),
-            "sha256": digest.hexdigest(), "histogram": histogram, "entities": dict(entities),
+            "sha256": file_sha256(task["path"]), "histogram": histogram, "entities": dict(entities),
             "repaired": dict(repaired), "stats": dict(stats)}
 
 
@@ -350,7 +346,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
                                    on_invalid=on_invalid, max_seq_length=max_seq_length,
                                    stride=stride, compression=COMPRESSION[compression])
         write_json_atomic(staging / MANIFEST_NAME, manifest)
-        _swap_into_place(staging, output_dir)
+        replace_directory(staging, output_dir)
         for name, split in manifest["splits"].items():
             counts = split["counts"]
             log(f"{name}: {counts['sentences']} sentences, {counts['windows']} windows "
@@ -366,16 +362,6 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
             pool.join()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_into_place(staging: pathlib.Path, output_dir: pathlib.Path) -> None:
-    if output_dir.exists():
-        retired = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(output_dir, retired)
-        os.rename(staging, output_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, output_dir)
 
 
 def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme, on_invalid,

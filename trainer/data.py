@@ -19,6 +19,7 @@ import os
 import pathlib
 from typing import Callable
 
+from data_pipeline.manifest import file_sha256
 from trainer.config import TrainConfig
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -26,14 +27,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "merges.txt")
 _SPLITS = ("train", "dev", "test")
 _SMALL_CORPUS_BYTES = 2 << 20
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer: str) -> str:

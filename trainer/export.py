@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
 
+from data_pipeline.manifest import file_sha256, replace_directory  # noqa: E402
 from trainer import serving  # noqa: E402
 
 CHECKPOINT_CHOICES = ("best", "latest")
@@ -371,7 +372,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
         files = [path for path in sorted(staging.rglob("*")) if path.is_file()]
         for path in files:  # save_pretrained writes some files private (0600)
             path.chmod(0o644)
-        checksums = {str(path.relative_to(staging)): serving.file_sha256(path) for path in files}
+        checksums = {str(path.relative_to(staging)): file_sha256(path) for path in files}
         _write_json(staging / serving.EXPORT_MANIFEST, {
             "format_version": serving.EXPORT_FORMAT_VERSION,
             "created_by": "trainer.export",
@@ -388,13 +389,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
             "versions": _versions(),
             "sha256": checksums,
         })
-        if export_dir.exists():
-            retired = export_dir.parent / f".{export_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(export_dir, retired)
-            os.rename(staging, export_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, export_dir)
+        replace_directory(staging, export_dir)
         return export_dir
     finally:
         if staging.exists():

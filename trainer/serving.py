@@ -36,7 +36,6 @@ evaluation did.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -44,6 +43,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from data_pipeline.manifest import file_sha256
 
 EXPORT_FORMAT_VERSION = 1
 EXPORT_MANIFEST = "export.json"
@@ -104,14 +105,6 @@ class ExportSettings:
     stride: int
     input_format: str
     manifest: dict
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(directory: pathlib.Path, name: str):
