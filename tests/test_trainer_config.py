@@ -90,3 +90,16 @@ def test_config_is_frozen_and_round_trips_through_json(corpus, tmp_path):
     path = config_lib.write_config(config, tmp_path / "run")
     assert config_lib.TrainConfig(**json.loads(path.read_text())) == config
     assert "max_steps" not in config.identity() and "batch_size" in config.identity()
+
+
+def test_hub_names_are_kept_and_paths_are_resolved(corpus):
+    """`bert-base-chinese` or `hfl/rbt3` go to transformers as names; paths are resolved."""
+    args = base_args(corpus)[:3] + ["--pretrained=bert-base-chinese"]
+    config = config_lib.parse_flags(args)
+    assert config.pretrained == "bert-base-chinese" and config.tokenizer == "bert-base-chinese"
+    config = config_lib.parse_flags(args + ["--tokenizer=hfl/rbt3"])
+    assert config.tokenizer == "hfl/rbt3"
+    config = config_lib.parse_flags(base_args(corpus)[:-1] + ["--tokenizer=configs"])
+    assert config.tokenizer == str(REPO / "configs")  # an existing directory under the repo
+    with pytest.raises(ConfigError, match="--pretrained"):
+        config_lib.parse_flags(args[:-1] + ["--pretrained=./no/such/model"])

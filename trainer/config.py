@@ -246,6 +246,19 @@ def resolve_input_path(path: str) -> str:
     return str((REPO_ROOT / path).resolve())
 
 
+def _is_hub_name(value: str) -> bool:
+    """A model name such as `bert-base-chinese` or `hfl/rbt3` rather than a local directory.
+
+    A value that names an existing directory (as given or under the repo root), or that reads as
+    a path (`./x`, `../x`, `/x`, `~/x`), is a path.
+    """
+    if value.startswith((".", "/", "~")) or os.path.exists(value):
+        return False
+    if os.path.exists(resolve_input_path(value)):
+        return False
+    return value.count("/") <= 1
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Declares every trainer flag on `flag_values` (idempotent per FlagValues)."""
     if "train_file" in flag_values:
@@ -363,8 +376,11 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
     for name in ("train_file", "dev_file", "test_file", "pretrained", "encoder_config",
                  "tokenizer", "manifest"):
         value = values[name]
-        if value and not value.lstrip().startswith("{"):
-            values[name] = resolve_input_path(value)
+        if not value or value.lstrip().startswith("{"):
+            continue
+        if name in ("pretrained", "tokenizer") and _is_hub_name(value):
+            continue  # e.g. bert-base-chinese or hfl/rbt3: transformers resolves it
+        values[name] = resolve_input_path(value)
     if not values["tokenizer"]:
         values["tokenizer"] = values["pretrained"]
     if not values["tokenizer"]:
@@ -377,7 +393,7 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
                 raise ConfigError(f"--{name}={values[name]!r}: no such file")
     for name in ("pretrained", "tokenizer"):
         path = values[name]
-        if path and (path.startswith(("/", ".")) or os.sep in path) and not os.path.exists(path):
+        if path and not _is_hub_name(path) and not os.path.exists(path):
             raise ConfigError(f"--{name}={path!r}: no such directory")
     return TrainConfig(**values)
 
