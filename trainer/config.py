@@ -27,7 +27,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_PREFIX = "../shared/"
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
-MIXED_PRECISION = ("none", "fp16", "bf16")
+MIXED_PRECISION = ("auto", "none", "fp16", "bf16")
 ENCODERS = ("bert", "embedding")
 HIDDEN_LAYERS = ("last", "concat", "mean", "scalar_mix")
 HEADS = ("softmax", "crf")
@@ -39,6 +39,7 @@ RUN_CONTROL_FIELDS = frozenset({
     "max_steps", "overwrite", "resume_mismatched", "progress_bar", "log_every", "steps_per_loop",
     "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "run_dir",
     "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy", "export",
+    "feature_cache",
 })
 
 
@@ -101,8 +102,9 @@ class TrainConfig:
     # Runtime.
     strategy: str = "default"
     num_cpu_devices: int = 0
-    mixed_precision: str = "none"
+    mixed_precision: str = "auto"
     jit_compile: bool = False
+    feature_cache: bool = True
     # Run control (see RUN_CONTROL_FIELDS).
     run_dir: str = "runs/default"
     max_steps: int = 0
@@ -339,10 +341,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "multi_worker reads TF_CONFIG.", **f)
     flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (for "
                          "--strategy=mirrored without GPUs).", **f)
-    flags.DEFINE_enum("mixed_precision", "none", list(MIXED_PRECISION), "fp16 uses dynamic "
-                      "loss scaling; bf16 needs none.", **f)
+    flags.DEFINE_enum("mixed_precision", "auto", list(MIXED_PRECISION), "auto: bf16 on GPUs "
+                      "of compute capability >= 8 and CPUs with AVX512_BF16/AMX, fp16 on older "
+                      "GPUs, else none (float32); fp16 uses dynamic loss scaling, bf16 needs "
+                      "none (trainer/precision.py).", **f)
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward/backward pass (slower "
                          "than graph mode on CPU).", **f)
+    flags.DEFINE_boolean("feature_cache", True, "With a frozen encoder, compute its features "
+                         "once per split, store them on disk beside the data cache and train "
+                         "and evaluate from them (trainer/feature_cache.py).", **f)
     # Run control.
     flags.DEFINE_string("run_dir", "runs/default", "Run directory (config, checkpoints, events, "
                         "predictions).", **f)

@@ -38,7 +38,6 @@ from trainer import serving  # noqa: E402
 CHECKPOINT_CHOICES = ("best", "latest")
 PRETRAINED_FORMATS = ("h5", "safetensors")
 ENCODER_DIR = "encoder"
-_POLICIES = {"none": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 _MARKER_SETTING = {"dropped": "drop", "kept": "keep", "none": "auto"}
 
 
@@ -226,17 +225,14 @@ def build_model(run: RunInfo, checkpoint_prefix: str):
     if tagger.pretrained is not None:
         # Same architecture from the config alone; the checkpoint supplies every weight.
         tagger = dataclasses.replace(tagger, pretrained=None, encoder_config=tagger.pretrained)
-    previous = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(_POLICIES[config.mixed_precision])
-    try:
-        from models import build_tagger
+    from models import build_tagger
+    from trainer import precision
 
+    with precision.global_policy(precision.resolve(config.mixed_precision)[0]):
         try:
             model = build_tagger(tagger)
         except (OSError, ValueError) as e:
             raise ExportError(f"cannot rebuild the run's model: {e}") from None
-    finally:
-        tf.keras.mixed_precision.set_global_policy(previous)
     status = tf.train.Checkpoint(model=model).read(checkpoint_prefix)
     try:
         status.expect_partial()  # optimizer slots, step, input position are not exported

@@ -29,13 +29,12 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpointing, data, optimization
+from trainer import checkpointing, data, optimization, precision
 from trainer.config import ConfigError, TrainConfig
 
 IGNORE_ID = -100  # == data_pipeline.records.IGNORE_ID
 TRAIN_LOG = "train_log.jsonl"
 RESULTS = "results.json"
-_POLICIES = {"none": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -496,18 +495,21 @@ def train_and_evaluate(config: TrainConfig, run_dir: str | os.PathLike | None = 
     """
     if run_dir is not None:
         config = config.replace(run_dir=os.path.abspath(run_dir))
-    previous_policy = tf.keras.mixed_precision.global_policy()
-    # The policy must be set before the model is built (its layers read it when created).
-    tf.keras.mixed_precision.set_global_policy(_POLICIES[config.mixed_precision])
+    # config.json records the precision used, so export and resume on this machine agree.
+    chosen, reason = precision.resolve(config.mixed_precision)
+    if config.mixed_precision == "auto":
+        logging.info("mixed precision: auto -> %s (%s)", chosen, reason)
+        config = config.replace(mixed_precision=chosen)
     run = _Run(config, pathlib.Path(config.run_dir))
-    try:
-        with checkpointing.StopRequest() as stop:
-            run.setup()
-            finished = run.train(stop)
-            if not finished:
-                return {"step": int(run.step.numpy()), "stopped": True}
-            return run.finish()
-    finally:
-        if hasattr(run, "checkpointer"):
-            run.close()
-        tf.keras.mixed_precision.set_global_policy(previous_policy)
+    # The policy must be set before the model is built (its layers read it when created).
+    with precision.global_policy(config.mixed_precision):
+        try:
+            with checkpointing.StopRequest() as stop:
+                run.setup()
+                finished = run.train(stop)
+                if not finished:
+                    return {"step": int(run.step.numpy()), "stopped": True}
+                return run.finish()
+        finally:
+            if hasattr(run, "checkpointer"):
+                run.close()
