@@ -8,6 +8,9 @@
     label_ids       [B, T]  IGNORE_ID (-100) on special tokens, non-first pieces and padding
     char_index      [B, T]  character index of labelled pieces, else -1 (padding included)
     sentence_id, window_start, window_end, sentence_length   [B]
+    features        [B, T, F] float16, 0 on padding: only for a feature cache (a manifest with
+                    a "features" entry, see `trainer/feature_cache.py`), the frozen encoder's
+                    output stored for the real positions of each window
 
 How a batch is made, all of it vectorised (no per-example Python or tf.data function call):
 
@@ -40,7 +43,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_pipeline.manifest import MANIFEST_NAME, load_manifest
-from data_pipeline.records import IGNORE_ID, SCALAR_FEATURES, SEQUENCE_FEATURES, feature_spec
+from data_pipeline.records import (FEATURES_KEY, IGNORE_ID, SCALAR_FEATURES, SEQUENCE_FEATURES,
+                                   feature_spec)
 
 CHAR_INDEX_PAD = -1
 
@@ -277,6 +281,12 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
         shards = shards[pipeline_id::num_pipelines]
     files = check_shards(manifest, shards, verify_checksums=verify_checksums)
 
+    feature_dim = None
+    if manifest.get("features"):
+        feature_dim = int(manifest["features"]["dim"])
+        if manifest["features"].get("dtype", "float16") != "float16":
+            raise ValueError(f"manifest {manifest_path}: feature dtype "
+                             f"{manifest['features'].get('dtype')!r} is not float16")
     compression = manifest.get("compression") or ""
     if compression not in ("", "GZIP", "ZLIB"):
         raise ValueError(f"manifest {manifest_path}: unknown compression {compression!r}")
@@ -310,12 +320,12 @@ def make_dataset(manifest_path_or_dir: str | os.PathLike, split: str, *,
     batch_chunk = _make_chunk_batcher(
         upper_bounds=upper_bounds, bucket_sizes=bucket_sizes, sort=bucketing,
         fixed_length=fixed_length, pad_token_id=pad_token_id, shuffle_batches=shuffle,
-        drop_remainder=drop_remainder)
+        drop_remainder=drop_remainder, feature_dim=feature_dim)
     dataset = dataset.map(batch_chunk, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=deterministic)
     dataset = dataset.unbatch()
     static_batch = batch_size if drop_remainder else None
-    dataset = dataset.map(_make_batch_finisher(fixed_length, static_batch),
+    dataset = dataset.map(_make_batch_finisher(fixed_length, static_batch, feature_dim),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     if input_context is not None:
@@ -370,17 +380,20 @@ _PAD_VALUES = {"label_ids": IGNORE_ID, "char_index": CHAR_INDEX_PAD}  # input_id
 
 
 def _make_chunk_batcher(*, upper_bounds, bucket_sizes, sort, fixed_length, pad_token_id,
-                        shuffle_batches, drop_remainder):
+                        shuffle_batches, drop_remainder, feature_dim=None):
     """Returns the map function: a chunk of serialized records -> all its batches, padded.
 
     Output (nb = batches in the chunk, each batch flattened row-major to rows * T positions):
       "_tokens": RaggedTensor int32 [nb, (rows * T), 4]: the SEQUENCE_FEATURES, attention_mask
       "_scalars": RaggedTensor int32 [nb, (rows), 4]: the SCALAR_FEATURES
       "_length": int32 [nb] (T of each batch)
+      "_features": RaggedTensor float16 [nb, (rows * T), F] (only with feature_dim)
     """
     import tensorflow as tf
 
     spec = feature_spec()
+    if feature_dim is not None:
+        spec[FEATURES_KEY] = tf.io.FixedLenFeature([], tf.string)
     bounds = tf.constant(upper_bounds, tf.int32)
     sizes = tf.constant(bucket_sizes, tf.int32)
     num_buckets = len(upper_bounds)
@@ -452,18 +465,30 @@ def _make_chunk_batcher(*, upper_bounds, bucket_sizes, sort, fixed_length, pad_t
         tokens = tf.gather(grid, source)  # [sum of rows * T over batches, 4]
         scalars = [tf.cast(tf.gather(features[name], order), tf.int32)
                    for name in SCALAR_FEATURES]
-        return {
+        out = {}
+        if feature_dim is not None:
+            # Row r holds length_r * F float16 values (its real positions only); decoding with a
+            # fixed length zero-pads every row to width * F, the same grid as the ids above.
+            # (DecodePaddedRaw has no float16 kernel: decode the bits, then reinterpret them.)
+            bits = tf.io.decode_raw(features[FEATURES_KEY], tf.uint16,
+                                    fixed_length=width * feature_dim * 2)  # [n, width * F]
+            floats = tf.bitcast(bits, tf.float16)
+            float_grid = tf.reshape(floats, [-1, feature_dim])  # [n * width, F]
+            out["_features"] = tf.RaggedTensor.from_row_lengths(  # [nb, (rows * T), F]
+                tf.gather(float_grid, source), values_per_batch, validate=False)
+        return dict(out, **{
             "_length": batch_length,
             "_tokens": tf.RaggedTensor.from_row_lengths(  # [nb, (rows * T), 4]
                 tokens, values_per_batch, validate=False),
             "_scalars": tf.RaggedTensor.from_row_lengths(  # [nb, (rows), 4]
                 tf.stack(scalars, axis=1), batch_rows, validate=False),
-        }
+        })
 
     return batch_chunk
 
 
-def _make_batch_finisher(fixed_length: int | None, static_batch: int | None):
+def _make_batch_finisher(fixed_length: int | None, static_batch: int | None,
+                         feature_dim: int | None = None):
     """Returns the map function: one flat batch from `_make_chunk_batcher` -> the batch dict."""
     import tensorflow as tf
 
@@ -475,6 +500,10 @@ def _make_batch_finisher(fixed_length: int | None, static_batch: int | None):
         scalars.set_shape([static_batch, len(SCALAR_FEATURES)])  # [B, 4]
         out = dict(zip(_TOKEN_FEATURES, tf.unstack(tokens, axis=2)))
         out.update(zip(SCALAR_FEATURES, tf.unstack(scalars, axis=1)))
+        if feature_dim is not None:
+            features = tf.reshape(flat["_features"], [-1, flat["_length"], feature_dim])
+            features.set_shape([static_batch, fixed_length, feature_dim])  # [B, T, F]
+            out[FEATURES_KEY] = features
         return out
 
     return finish

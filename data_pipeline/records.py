@@ -23,6 +23,9 @@ IGNORE_ID = -100
 
 SEQUENCE_FEATURES = ("input_ids", "label_ids", "char_index")
 SCALAR_FEATURES = ("sentence_id", "window_start", "window_end", "sentence_length")
+# Only in feature-cache records: the frozen encoder's output for the window's real positions,
+# float16 [n, F] row-major (see trainer/feature_cache.py).
+FEATURES_KEY = "features"
 
 
 def _varint(value: int) -> bytes:
@@ -84,6 +87,44 @@ def encode_example(*, input_ids, label_ids, char_index, sentence_id: int, window
         _int64_feature(b"sentence_length", (sentence_length,)),
     ))
     return b"\x0a" + _VARINTS[len(features)] + features              # Example.features = 1
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """(value, position after it) of the protobuf varint at `position`."""
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+def append_bytes_feature(serialized: bytes, name: str, value: bytes) -> bytes:
+    """Adds a BytesList feature `name` holding one `value` to a serialized `tf.train.Example`.
+
+    The Example's single `features` message is rewritten with one more map entry (the other
+    entries are copied byte for byte), so the result is what protobuf would serialize for the
+    extended message. Used by the feature cache to store a window's encoder features beside its
+    ids and labels.
+
+    Raises:
+      ValueError: `serialized` is not one Example with a features field (as `encode_example`
+        writes).
+    """
+    if not serialized or serialized[0] != 0x0A:
+        raise ValueError("not a serialized tf.train.Example with a features field")
+    length, start = _read_varint(serialized, 1)
+    if start + length != len(serialized):
+        raise ValueError("serialized Example has fields after its features")
+    key = name.encode()
+    bytes_list = b"\x0a" + _varint(len(value)) + value                # BytesList.value = 1
+    feature = b"\x0a" + _varint(len(bytes_list)) + bytes_list         # Feature.bytes_list = 1
+    entry = (b"\x0a" + _varint(len(key)) + key
+             + b"\x12" + _varint(len(feature)) + feature)
+    features = serialized[start:] + b"\x0a" + _varint(len(entry)) + entry
+    return b"\x0a" + _varint(len(features)) + features
 
 
 def decode_example(serialized: bytes) -> dict[str, np.ndarray | int]:

@@ -72,6 +72,41 @@ class Tagger(tf.keras.Model):
         """
         return self.encoder(input_ids, attention_mask, training=training)
 
+    def cache_features(self, input_ids: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
+        """The encoder's output as one tensor, for a frozen-encoder feature cache.
+
+        Args:
+          input_ids, attention_mask: int32 [batch, seq_len], as for `encode`.
+
+        Returns:
+          [batch, seq_len, N * hidden] in the compute dtype: the N hidden states `encode`
+          returns (inference mode), concatenated in order; `encoded_from_features` inverts it.
+        """
+        hidden_states = self.encode(input_ids, attention_mask, training=False)["hidden_states"]
+        if len(hidden_states) == 1:
+            return hidden_states[0]
+        return tf.concat(hidden_states, axis=-1)  # [batch, seq_len, N * hidden]
+
+    @property
+    def cached_feature_dim(self) -> int:
+        """F of `cache_features`: N hidden states times the encoder's output size."""
+        return self.combiner.num_layers * self.encoder.output_dim
+
+    def encoded_from_features(self, features: tf.Tensor) -> dict[str, tuple[tf.Tensor, ...]]:
+        """`cache_features`' output (any float dtype) -> what `encode` returns, for `tag`.
+
+        Args:
+          features: [batch, seq_len, N * hidden].
+
+        Returns:
+          {"hidden_states": N tensors [batch, seq_len, hidden]} in the compute dtype.
+        """
+        features = tf.cast(features, self.compute_dtype)
+        num_layers = self.combiner.num_layers
+        if num_layers == 1:
+            return {"hidden_states": (features,)}
+        return {"hidden_states": tuple(tf.split(features, num_layers, axis=-1))}
+
     def tag(self, encoded: dict[str, tuple[tf.Tensor, ...]], attention_mask: tf.Tensor,
             training: bool | None = False) -> tf.Tensor:
         """Everything after the encoder: layer combination, dropout, BiLSTM, classifier.

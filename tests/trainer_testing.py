@@ -52,6 +52,8 @@ def tiny_args(paths, manifest_dir, tokenizer_dir, run_dir, **overrides):
                   bilstm_units=16, head="crf", head_learning_rate=5e-3, batch_size=8,
                   train_steps=6, steps_per_loop=3, log_every=3, checkpoint_every=3,
                   eval_batch_size=32, run_dir=run_dir, progress_bar=False, export=False)
+    # Feature caches of frozen runs go beside the run, not into the repo's data_cache/.
+    values["data_cache_dir"] = pathlib.Path(run_dir).parent / "data_cache"
     values.update(overrides)
     args = []
     for name, value in values.items():

@@ -33,6 +33,7 @@ from trainer import checkpointing, data, optimization, precision
 from trainer.config import ConfigError, TrainConfig
 
 IGNORE_ID = -100  # == data_pipeline.records.IGNORE_ID
+FEATURES_KEY = "features"  # == data_pipeline.records.FEATURES_KEY
 TRAIN_LOG = "train_log.jsonl"
 RESULTS = "results.json"
 
@@ -164,7 +165,10 @@ class TrainStep:
         model, plan = self.model, self.plan
         variables = plan.trainable_variables
         encoded = None
-        if plan.encoder_frozen:
+        if plan.encoder_frozen and FEATURES_KEY in batch:
+            # The feature cache holds what the frozen encoder computed (feature_cache.py).
+            encoded = model.encoded_from_features(batch[FEATURES_KEY])
+        elif plan.encoder_frozen:
             # No dropout, no tape: the frozen encoder is inference only.
             encoded = model.encode(batch["input_ids"], batch["attention_mask"], training=False)
             encoded = tf.nest.map_structure(tf.stop_gradient, encoded)
@@ -313,6 +317,15 @@ class _Run:
         if restored is not None:
             logging.info("resumed from step %d (input position %d)", restored,
                          int(self.input_position.numpy()))
+        # Train and evaluate from the frozen encoder's cached output, or from the shards.
+        self.input_dir = self.manifest_dir
+        if config.feature_cache and config.uses_bert and self.plan.encoder_frozen:
+            from trainer import feature_cache
+
+            self.input_dir = feature_cache.ensure_feature_cache(
+                self.model, self.manifest_dir,
+                pathlib.Path(config.data_cache_dir) / feature_cache.FEATURES_SUBDIR,
+                log=logging.info, progress=self.chief and config.progress_bar)
         self.train_step = TrainStep(model=self.model, plan=self.plan, strategy=self.strategy,
                                     grad_accum_steps=config.grad_accum_steps, step=self.step,
                                     input_position=self.input_position,
@@ -336,7 +349,7 @@ class _Run:
         def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
             batch_size = input_context.get_per_replica_batch_size(config.batch_size)
             dataset = make_dataset(
-                self.manifest_dir, "train", batch_size=batch_size, bucketing=config.bucketing,
+                self.input_dir, "train", batch_size=batch_size, bucketing=config.bucketing,
                 shuffle=config.shuffle_buffer > 0, shuffle_buffer=max(config.shuffle_buffer, 1),
                 seed=config.seed, repeat=True, input_context=input_context,
                 pad_to_length=None if config.bucketing else config.max_seq_length)
@@ -357,7 +370,7 @@ class _Run:
         if split not in self._gold:
             self._gold[split] = data.read_gold(self.manifest, split)
         tokens, gold_tags = self._gold[split]
-        dataset = make_dataset(self.manifest_dir, split, batch_size=self.config.eval_batch_size,
+        dataset = make_dataset(self.input_dir, split, batch_size=self.config.eval_batch_size,
                                shuffle=False, repeat=False)
         started = time.time()
         result = evaluation.evaluate(self.model, dataset, self.label_map, gold_tags=gold_tags)
