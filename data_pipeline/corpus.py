@@ -1,13 +1,23 @@
 """Reading tagged corpora and converting their tag schemes to IOB2.
 
-Two file formats, both with a blank line between sentences (`\\n` or `\\r\\n` line ends):
+Two file formats, both with a blank line between sentences:
 
 - `char`: one `character tag` pair per line (People's Daily, MSRA), separated by spaces or tabs
-  (a full-width space U+3000 is a character, not a separator).
+  (a full-width space U+3000 is a character, not a separator). A token of several characters
+  (`北京 B-LOC`) is an error naming its line; a base character with combining marks or an emoji
+  sequence counts as one character.
 - `conll`: whitespace-separated columns, token first and tag last (CoNLL-2003 style). Every
   line of a file must have the same number of columns.
 
-`-DOCSTART-` lines separate sentences like blank lines, in both formats.
+`detect_format` reads the first 1,000 token lines: `char` when at least 80% of them have two
+columns and a one-character token, else `conll`. Word-segmented Chinese has about half its words
+of one character and English far fewer, while a few bad lines (a BOM, a stray `北京 B-LOC`) no
+longer turn a character file into a word-level one: they are errors naming their lines.
+
+`-DOCSTART-` lines separate sentences like blank lines, in both formats. Line ends are `\\n`,
+`\\r\\n` or, in files without any `\\n` (old Mac OS), `\\r`; a file that mixes CR-only line ends
+with the others is an error naming the line. A UTF-8 byte order mark at the start of the file is
+ignored (`starts_with_bom` tells the caller, to note it).
 
 Tag schemes (prefix, `-`, entity type; or `O`): BIO (IOB2), IOB1, BIOES and BMES. All of them are
 converted to IOB2, the one scheme the rest of the framework sees:
@@ -28,6 +38,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -43,6 +54,10 @@ _SCHEME_PREFIXES = {
     "bmes": frozenset("BMES"),
 }
 _COLUMN_SPLIT = re.compile(r"[ \t]+")
+_BOM = "\ufeff"
+_UTF8_BOM = _BOM.encode("utf-8")
+_DETECT_LINES = 1000
+_CHAR_SHARE = 0.8
 
 
 class CorpusError(ValueError):
@@ -71,23 +86,52 @@ class Sentence:
     line: int
 
 
+def starts_with_bom(path: str | os.PathLike) -> bool:
+    """Whether the file starts with a UTF-8 byte order mark (which the readers here skip)."""
+    with open(path, "rb") as stream:
+        return stream.read(len(_UTF8_BOM)) == _UTF8_BOM
+
+
+def line_ending(path: str | os.PathLike, block_size: int = 1 << 16) -> str:
+    """The line end the readers split the file on: "\\r" for a CR-only file, else "\\n".
+
+    A file is CR-only when its first block with a line end holds carriage returns and no `\\n`
+    at all, so `\\r\\n` files and `\\r\\r\\n` ones (a doubly converted `\\r\\n`) are "\\n"
+    files, whose readers drop the `\\r`.
+    """
+    with open(path, "rb") as stream:
+        while True:
+            block = stream.read(block_size)
+            if not block or b"\n" in block:
+                return "\n"
+            if b"\r" in block:
+                return "\r"
+
+
 def iter_line_blocks(stream: BinaryIO, path: str | os.PathLike, first_line: int = 1,
-                     block_size: int = 1 << 20) -> Iterator[tuple[int, list[str]]]:
+                     block_size: int = 1 << 20, newline: str = "\n"
+                     ) -> Iterator[tuple[int, list[str]]]:
     """Yields (line number of the block's first line, lines without line ends), ~1 MiB at a time.
 
-    Decoding a block at once is several times faster than line by line; memory stays flat.
+    Decoding a block at once is several times faster than line by line; memory stays flat. Read
+    from the start of the file, a UTF-8 byte order mark is dropped.
+
+    Args:
+      newline: "\\n" (also reads `\\r\\n`) or "\\r" for CR-only files (see `line_ending`).
 
     Raises:
-      CorpusError: invalid UTF-8, naming the line.
+      CorpusError: invalid UTF-8, or mixed CR-only and LF line ends, naming the line.
     """
+    end = newline.encode("ascii")
     number = first_line
     carry = b""
+    at_start = stream.tell() == 0
     while True:
         block = stream.read(block_size)
         if not block and not carry:
             return
-        block = carry + block if block else carry + b"\n"
-        cut = block.rfind(b"\n") + 1
+        block = carry + block if block else carry + end
+        cut = block.rfind(end) + 1
         if cut == 0:
             carry = block
             continue
@@ -95,37 +139,101 @@ def iter_line_blocks(stream: BinaryIO, path: str | os.PathLike, first_line: int 
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
-            for offset, raw in enumerate(block.split(b"\n")):
+            for offset, raw in enumerate(block.split(end)):
                 try:
                     raw.decode("utf-8")
                 except UnicodeDecodeError as e:
+                    hint = ""
+                    if number + offset == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                        hint = ("; the file starts with a UTF-16 byte order mark: convert it "
+                                "to UTF-8")
                     raise CorpusError(path, number + offset, f"invalid UTF-8 at byte {e.start} "
                                       f"of the line ({raw[max(0, e.start - 8):e.start + 8]!r})"
-                                      ) from None
+                                      f"{hint}") from None
             raise
-        if "\r" in text:
-            text = text.replace("\r\n", "\n")
-        lines = text.split("\n")
+        if at_start:
+            at_start = False
+            if text.startswith(_BOM):
+                text = text[1:]
+        if newline == "\r":
+            if "\n" in text:
+                line = number + text[:text.index("\n")].count("\r")
+                raise CorpusError(path, line, "a line feed (LF) in a file whose lines end in a "
+                                              "bare carriage return (CR): the file mixes line "
+                                              "ends; convert it to \\n or \\r\\n line ends")
+            lines = text.split("\r")
+        else:
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+            lines = text.split("\n")
+            if "\r" in text:
+                lines = _drop_trailing_carriage_returns(lines, path, number)
         lines.pop()  # the empty string after the block's last line end
         yield number, lines
         number += len(lines)
+
+
+def _drop_trailing_carriage_returns(lines: list[str], path, first: int) -> list[str]:
+    """`x\\r` (from `\\r\\r\\n`) -> `x`; a carriage return inside a line is an error."""
+    out = []
+    for number, line in enumerate(lines, start=first):
+        if "\r" in line:
+            line = line.rstrip("\r \t")
+            if "\r" in line:
+                raise CorpusError(path, number, "a carriage return (CR) inside the line: the file "
+                                                "mixes CR-only and LF line ends; convert it to "
+                                                "\\n or \\r\\n line ends")
+        out.append(line)
+    return out
 
 
 def _is_separator(stripped: str) -> bool:
     return not stripped or stripped.startswith("-DOCSTART-")
 
 
+def is_one_character(token: str) -> bool:
+    """One user-perceived character: a code point, plus combining marks or an emoji sequence.
+
+    `é` written as `e` + U+0301, `❤️` (with variation selector U+FE0F), `👍🏽` (skin-tone modifier)
+    and `👨‍👩‍👧` (joined by U+200D) each count as one; `北京` is two.
+    """
+    if len(token) == 1:
+        return True
+    previous = token[0]
+    for char in token[1:]:
+        joined = (unicodedata.category(char) in ("Mn", "Mc", "Me") or char == "\u200d"
+                  or previous == "\u200d" or "\U0001f3fb" <= char <= "\U0001f3ff")
+        if not joined:
+            return False
+        previous = char
+    return True
+
+
 def detect_format(path: str | os.PathLike) -> str:
-    """Guesses `char` or `conll` from the first non-blank line of a file."""
+    """`char` or `conll`, from the first 1,000 token lines (see the module docstring).
+
+    Raises:
+      CorpusError: the file has no token line, or a line is not valid UTF-8.
+    """
+    seen = two_columns = single = 0
     with open(path, "rb") as stream:
-        for _, lines in iter_line_blocks(stream, path):
+        for _, lines in iter_line_blocks(stream, path, newline=line_ending(path)):
             for line in lines:
                 stripped = line.strip(" \t")
                 if _is_separator(stripped):
                     continue
                 columns = _COLUMN_SPLIT.split(stripped)
-                return "char" if len(columns) == 2 and len(columns[0]) == 1 else "conll"
-    raise CorpusError(path, None, "empty file: no sentences found")
+                seen += 1
+                if len(columns) == 2:
+                    two_columns += 1
+                    single += is_one_character(columns[0])
+                if seen >= _DETECT_LINES:
+                    break
+            if seen >= _DETECT_LINES:
+                break
+    if not seen:
+        raise CorpusError(path, None, "empty file: no sentences found")
+    return "char" if min(two_columns, single) >= _CHAR_SHARE * seen else "conll"
 
 
 def read_sentences(path: str | os.PathLike, *, input_format: str, offset: int = 0,
@@ -143,18 +251,21 @@ def read_sentences(path: str | os.PathLike, *, input_format: str, offset: int = 
       `Sentence`s in file order.
 
     Raises:
-      CorpusError: invalid UTF-8 or a wrong column count.
+      CorpusError: invalid UTF-8, mixed line ends, a wrong column count, or (char format) a
+        token of several characters.
     """
     if input_format not in FORMATS:
         raise ValueError(f"input_format must be one of {FORMATS}, got {input_format!r}")
-    expected_columns = 2 if input_format == "char" else None
+    char_format = input_format == "char"
+    expected_columns = 2 if char_format else None
     tokens: list[str] = []
     tags: list[str] = []
     start_line = first_line
     produced = 0
+    newline = line_ending(path)
     with open(path, "rb") as stream:
         stream.seek(offset)
-        for block_start, lines in iter_line_blocks(stream, path, first_line):
+        for block_start, lines in iter_line_blocks(stream, path, first_line, newline=newline):
             for number, line in enumerate(lines, start=block_start):
                 stripped = line.strip(" \t")
                 if _is_separator(stripped):
@@ -179,12 +290,25 @@ def read_sentences(path: str | os.PathLike, *, input_format: str, offset: int = 
                         raise CorpusError(path, number, f"expected {expected_columns} columns "
                                                         f"(token ... tag), found {len(columns)}: "
                                                         f"{line!r}")
+                token = columns[0]
+                if char_format and len(token) != 1 and not is_one_character(token):
+                    raise CorpusError(path, number, _several_characters(token))
                 if not tokens:
                     start_line = number
-                tokens.append(columns[0])
+                tokens.append(token)
                 tags.append(columns[-1])
     if tokens and (limit is None or produced < limit):
         yield Sentence(tokens, tags, start_line)
+
+
+def _several_characters(token: str) -> str:
+    message = (f"token {token!r} has {len(token)} characters, but the file is read in the "
+               f"character format (one character and its tag per line)")
+    if _BOM in token:
+        return message + ("; it holds U+FEFF, a byte order mark: were files with byte order "
+                          "marks concatenated?")
+    return message + ("; for a word-level file give input_format=conll "
+                      "(data_pipeline.preprocess --input_format=conll)")
 
 
 def sentence_offsets(path: str | os.PathLike, every: int
@@ -201,10 +325,14 @@ def sentence_offsets(path: str | os.PathLike, every: int
     position = 0
     in_sentence = False
     sentences = 0
+    newline = line_ending(path)
     with open(path, "rb") as stream:
-        for number, raw in enumerate(stream, start=1):
+        lines = stream if newline == "\n" else _raw_lines(stream, newline.encode("ascii"))
+        for number, raw in enumerate(lines, start=1):
             digest.update(raw)
             stripped = raw.strip(b" \t\r\n")  # as read_sentences strips, on bytes
+            if number == 1 and stripped.startswith(_UTF8_BOM):
+                stripped = stripped[len(_UTF8_BOM):].strip(b" \t")
             blank = not stripped or stripped.startswith(b"-DOCSTART-")
             if not blank and not in_sentence:
                 if sentences % every == 0:
@@ -213,6 +341,18 @@ def sentence_offsets(path: str | os.PathLike, every: int
             in_sentence = not blank
             position += len(raw)
     return offsets, digest.hexdigest(), sentences
+
+
+def _raw_lines(stream: BinaryIO, end: bytes, block_size: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a binary stream split on `end` (kept), as iterating a file splits on `\\n`."""
+    carry = b""
+    for block in iter(lambda: stream.read(block_size), b""):
+        parts = (carry + block).split(end)
+        carry = parts.pop()
+        for part in parts:
+            yield part + end
+    if carry:
+        yield carry
 
 
 def split_tag(tag: str) -> tuple[str, str]:

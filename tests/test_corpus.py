@@ -99,3 +99,93 @@ def test_wrong_column_count_names_the_line(tmp_path):
     path = write(tmp_path, "中 O\n国 B-LOC extra\n")
     with pytest.raises(corpus.CorpusError, match=rf"^{path}:2: expected 2 columns"):
         list(corpus.read_sentences(path, input_format="char"))
+
+
+CHAR_TEXT = "中 B-LOC\n国 I-LOC\n\n人 O\n民 O\n\n"
+
+
+def read_all(path, input_format="char"):
+    return [(s.tokens, s.tags, s.line) for s in corpus.read_sentences(path,
+                                                                      input_format=input_format)]
+
+
+def test_byte_order_mark_is_ignored_in_detection_reading_and_offsets(tmp_path):
+    plain = write(tmp_path, CHAR_TEXT, name="plain.txt")
+    bom = write(tmp_path, None, name="bom.txt", raw=b"\xef\xbb\xbf" + CHAR_TEXT.encode())
+    assert corpus.starts_with_bom(bom) and not corpus.starts_with_bom(plain)
+    assert corpus.detect_format(bom) == "char"  # was "conll": the first token read as "\ufeff中"
+    assert read_all(bom) == read_all(plain) == [(["中", "国"], ["B-LOC", "I-LOC"], 1),
+                                                (["人", "民"], ["O", "O"], 4)]
+    # A BOM alone on the first line is a blank line: the scan's sentence count must agree.
+    lonely = write(tmp_path, None, name="lonely.txt", raw=b"\xef\xbb\xbf\n\n" + CHAR_TEXT.encode())
+    offsets, _, count = corpus.sentence_offsets(lonely, 1)
+    assert count == 2 and [line for _, line in offsets] == [3, 6]
+    assert [s[2] for s in read_all(lonely)] == [3, 6]
+    for offset, line in offsets:
+        [(tokens, _, first)] = [(s.tokens, s.tags, s.line) for s in corpus.read_sentences(
+            lonely, input_format="char", offset=offset, first_line=line, limit=1)]
+        assert first == line
+
+
+def test_cr_only_line_ends_are_read_as_lines(tmp_path):
+    plain = write(tmp_path, CHAR_TEXT, name="plain.txt")
+    mac = write(tmp_path, None, name="mac.txt", raw=CHAR_TEXT.replace("\n", "\r").encode())
+    assert corpus.line_ending(mac) == "\r" and corpus.line_ending(plain) == "\n"
+    assert corpus.detect_format(mac) == "char"
+    assert read_all(mac) == read_all(plain)
+    offsets, _, count = corpus.sentence_offsets(mac, 1)
+    assert count == 2 and [line for _, line in offsets] == [1, 4]
+    offset, line = offsets[1]
+    [second] = corpus.read_sentences(mac, input_format="char", offset=offset, first_line=line)
+    assert second.tokens == ["人", "民"] and second.line == 4
+    # \r\r\n (a \r\n file converted once more) is a \n file whose lines end in a stray \r.
+    doubled = write(tmp_path, None, name="doubled.txt",
+                    raw=CHAR_TEXT.replace("\n", "\r\r\n").encode())
+    assert read_all(doubled) == read_all(plain)
+
+
+@pytest.mark.parametrize("raw,line", [
+    ("中 O\n国 O\r人 O\n", 2),              # LF file with a lone CR inside line 2
+    ("中 O\r国 O\r\r人 O\n民 O\r", 1),      # the LF makes it a LF file: line 1 holds CRs
+])
+def test_mixed_line_ends_are_an_error_that_says_so(tmp_path, raw, line):
+    path = write(tmp_path, None, raw=raw.encode())
+    with pytest.raises(corpus.CorpusError, match=rf"^{path}:{line}: .*mixes"):
+        read_all(path)
+
+
+def test_line_feed_after_cr_only_lines_names_its_line(tmp_path):
+    """A file is CR-only when its first block has no LF; a LF further on is an error."""
+    path = write(tmp_path, None, raw="中 O\r国 O\r\r人 O\n民 O\r".encode())
+    with open(path, "rb") as stream:
+        with pytest.raises(corpus.CorpusError, match=rf"^{path}:4: a line feed .*mixes"):
+            list(corpus.iter_line_blocks(stream, path, newline="\r"))
+
+
+def test_multi_character_token_in_a_char_file_names_file_and_line(tmp_path):
+    lines = [f"{char} O" for char in "我们今天在这里见面了大家好"] * 3
+    path = write(tmp_path, "\n".join(lines[:20] + ["北京 B-LOC"] + lines[20:]) + "\n")
+    assert corpus.detect_format(path) == "char"  # one word among characters stays char
+    with pytest.raises(corpus.CorpusError,
+                       match=rf"^{path}:21: token '北京' has 2 characters, .*character format"):
+        read_all(path)
+    # Word-level (CoNLL) files may have words of any length.
+    assert read_all(path, "conll")[0][0][20] == "北京"
+    # Combining marks and emoji sequences are one character.
+    combined = write(tmp_path, "e\u0301 O\n\u2764\ufe0f O\n\U0001f44d\U0001f3fd O\n"
+                               "\U0001f468\u200d\U0001f469 O\n", name="graphemes.txt")
+    assert len(read_all(combined)[0][0]) == 4
+
+
+def test_word_level_files_are_detected_as_conll(tmp_path):
+    # Two columns, the first word of one letter: the old first-line rule said "char".
+    words = "a O\nman O\nin O\nBerlin B-LOC\nsaw O\nI O\n\nEU B-ORG\nrejects O\n"
+    assert corpus.detect_format(write(tmp_path, words)) == "conll"
+    segmented = "我 O\n爱 O\n北京 B-LOC\n天安门 B-LOC\n\n新华社 B-ORG\n电 O\n"
+    assert corpus.detect_format(write(tmp_path, segmented, name="zh.txt")) == "conll"
+
+
+def test_utf16_file_gets_a_hint(tmp_path):
+    path = write(tmp_path, None, raw="中 O\n".encode("utf-16"))
+    with pytest.raises(corpus.CorpusError, match=rf"^{path}:1: invalid UTF-8.*UTF-16"):
+        corpus.detect_format(path)
