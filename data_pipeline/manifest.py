@@ -13,7 +13,9 @@ complete. Layout (abridged):
          "source": {"path", "sha256", "bytes", "format"},
          "counts": {"sentences", "characters", "windows", "tokens", "content_pieces",
                     "unknown_tokens", "unknown_token_rate", "sentences_split",
-                    "max_sentence_length", "pieceless_tokens",
+                    "max_sentence_length", "pieceless_tokens",   # tokens the normaliser
+                    "pieceless_sentences",           # removes, and sentences of only those:
+                                                     # each such token is the unknown token
                     "entities": {"LOC": n, ...},          # IOB2 entities, as trained on
                     "source_entities": {...},             # as written: minus repaired fragments
                     "repaired_tags": {"PER": n, ...},     # continuation tags that began one
@@ -24,13 +26,17 @@ complete. Layout (abridged):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -72,14 +78,71 @@ def load_manifest(path_or_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+def _non_finite_paths(value, where: str = "") -> list[str]:
+    """Where in a JSON-like value a float is NaN or infinite, e.g. ['loss', 'grad_norm.head']."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where or "(the value itself)"]
+    if isinstance(value, dict):
+        return [path for key, item in value.items()
+                for path in _non_finite_paths(item, f"{where}.{key}" if where else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [path for i, item in enumerate(value)
+                for path in _non_finite_paths(item, f"{where}[{i}]")]
+    return []
+
+
+def _null_non_finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _null_non_finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_non_finite(item) for item in value]
+    return value
+
+
+def strict_json_dumps(payload, *, non_finite: str = "error", **kwargs) -> str:
+    """`json.dumps` that never writes NaN or Infinity (which strict JSON readers reject).
+
+    Python's json module writes `NaN`/`Infinity` by default; every JSON file this project writes
+    goes through here instead.
+
+    Args:
+      payload: a JSON-serialisable value (numpy scalars must be converted first).
+      non_finite: "error" raises naming where the bad float is; "null" writes it as `null`
+        (for logs, where a diverged loss is worth recording but not as invalid JSON).
+      **kwargs: passed to `json.dumps` (indent, sort_keys, ensure_ascii, ...).
+
+    Raises:
+      ValueError: a NaN or infinite float, with non_finite="error" (naming its key path).
+    """
+    if non_finite not in ("error", "null"):
+        raise ValueError(f"non_finite must be 'error' or 'null', got {non_finite!r}")
+    try:
+        return json.dumps(payload, allow_nan=False, **kwargs)
+    except ValueError:
+        bad = _non_finite_paths(payload)
+        if not bad:
+            raise
+        if non_finite == "null":
+            return json.dumps(_null_non_finite(payload), allow_nan=False, **kwargs)
+        raise ValueError(f"refusing to write NaN or infinity as JSON (at {', '.join(bad[:5])})"
+                         ) from None
+
+
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
-    """Writes JSON to a temporary file in the same directory, then renames it into place."""
+    """Writes strict JSON to a temporary file in the same directory, then renames it into place.
+
+    Raises:
+      ValueError: the payload holds a NaN or infinite float (see `strict_json_dumps`); nothing
+        is written then.
+    """
     path = pathlib.Path(path)
+    text = strict_json_dumps(payload, ensure_ascii=False, indent=1) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, ensure_ascii=False, indent=1)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
@@ -95,17 +158,124 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
+# Hidden directories beside a target `DIR`: `.DIR.tmp-1a2b3c4d` while it is built (staging),
+# `.DIR.old-1a2b3c4d` for the instant an earlier output is swapped out. Nothing else is ever
+# matched by `clean_stale_directories`.
+_STALE_SUFFIX = re.compile(r"(?P<kind>tmp|old)-[0-9a-f]{8}")
+
+
+def _try_lock(directory: pathlib.Path) -> int | None:
+    """An exclusive, non-blocking flock on a directory: the fd, or None if another holds it.
+
+    The kernel drops the lock when its holder dies (even by SIGKILL), so a held lock means a live
+    process is using the directory. Where locks are not supported, None too (treated as in use).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no way to tell, so never touch it
+        return None
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EWOULDBLOCK: held; ENOLCK etc. (some network file systems): unknown
+        os.close(fd)
+        return None
+    return fd
+
+
+def _is_complete(directory: pathlib.Path) -> bool:
+    """A finished output: a readable manifest and every shard it lists, of the listed size."""
+    try:
+        manifest = load_manifest(directory)
+        return all((directory / shard["file"]).stat().st_size == shard["bytes"]
+                   for split in manifest["splits"].values() for shard in split["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@contextlib.contextmanager
+def staging_directory(target: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """A new hidden staging directory beside `target`, locked while this process uses it.
+
+    The lock (see `_try_lock`) tells `clean_stale_directories` in another process that the
+    directory is alive. On exit the directory is removed unless it was renamed away (by
+    `replace_directory`).
+    """
+    target = pathlib.Path(target)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    fd = _try_lock(staging)
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def clean_stale_directories(target: str | os.PathLike,
+                            log: Callable[[str], None] = lambda message: None) -> list[str]:
+    """Removes what killed runs left beside `target`: `.NAME.tmp-*` and `.NAME.old-*` directories.
+
+    Only directories of exactly this naming for this target, and only when no live process
+    holds their lock. A `.old-` directory is an earlier complete output swapped out just before
+    a kill: when `target` itself is missing it is renamed back (the earlier output survives a
+    failed re-run), else removed.
+
+    Returns:
+      The names of the directories removed or restored.
+    """
+    target = pathlib.Path(target)
+    prefix = f".{target.name}."
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:  # no parent yet: nothing left behind
+        return []
+    done = []
+    for entry in sorted(entries):
+        match = None
+        if entry.name.startswith(prefix):
+            match = _STALE_SUFFIX.fullmatch(entry.name[len(prefix):])
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        fd = _try_lock(entry)
+        if fd is None:
+            continue  # in use by a live process (or locks are unsupported here)
+        try:
+            if match["kind"] == "old" and not target.exists() and _is_complete(entry):
+                os.rename(entry, target)
+                log(f"note: restored {target} from {entry.name}, the complete earlier output an "
+                    f"interrupted run had moved aside")
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+                log(f"note: removed {entry}, left behind by an interrupted run")
+            done.append(entry.name)
+        finally:
+            os.close(fd)
+    return done
+
+
 def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> None:
     """Moves a finished staging directory to `target`, replacing an earlier one whole.
 
     Both are in the same parent directory, so each rename is atomic: at every moment `target` is
-    either the complete old output or the complete new one (or, for an instant, absent).
+    either the complete old output or the complete new one (or, for an instant, absent; the old
+    one is then locked under its `.old-` name, so `clean_stale_directories` leaves it alone).
     """
     staging, target = pathlib.Path(staging), pathlib.Path(target)
     if target.exists():
         retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, retired)
-        os.rename(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        fd = _try_lock(target)
+        try:
+            os.rename(target, retired)
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
     else:
         os.rename(staging, target)
