@@ -15,30 +15,41 @@ How it runs:
 4. Everything is written into a hidden staging directory beside `output_dir`; the manifest goes
    last, and then the staging directory is renamed to `output_dir`. On any error the staging
    directory is removed, so a directory with a manifest is always complete, and an earlier
-   output at `output_dir` is only replaced by a complete new one.
+   output at `output_dir` is only replaced by a complete new one. What a killed run leaves
+   behind (its staging directory, or an earlier output it was swapping out) is cleaned up, or
+   restored, at the start of the next run into the same `output_dir`; worker processes die with
+   the process that started them.
+
+A sentence whose every character the tokenizer's normaliser removes (ten U+FFFD with a WordPiece
+vocabulary) is kept: each character becomes the unknown token, as one such character inside a
+sentence does, and the manifest counts them (`pieceless_tokens`, `pieceless_sentences`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import pathlib
-import shutil
+import signal
 import sys
+import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 
 from data_pipeline import corpus, records, tokenization, windows
-from data_pipeline.manifest import (FORMAT_VERSION, MANIFEST_NAME, file_sha256, replace_directory,
+from data_pipeline.manifest import (FORMAT_VERSION, MANIFEST_NAME, clean_stale_directories,
+                                    file_sha256, replace_directory, staging_directory,
                                     write_json_atomic)
 
 COMPRESSION = {"none": "", "gzip": "GZIP"}
 _TOKENIZE_BATCH = 512
 _SMALL_INPUT_BYTES = 4 << 20
+_PIECELESS_LINES_KEPT = 5
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -52,6 +63,8 @@ def _check_arguments(splits, *, max_seq_length, stride, input_format, tag_scheme
     for split, path in splits.items():
         if not split.isidentifier():
             raise ValueError(f"split name {split!r} must be a simple identifier")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{split}: input file {path} is a directory, expected a file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{split}: input file {path} does not exist")
     if "train" not in splits and not label_map:
@@ -123,12 +136,47 @@ def _scan_files(splits: dict[str, str], input_format: str, every: int, pool) -> 
 
 
 _WORKER: dict = {}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(backend_json: str, info: dict) -> None:
-    """Worker set-up: only the Rust tokenizer from its JSON (no transformers import)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Makes this worker process end when `parent_pid` does, even if that one is SIGKILLed.
+
+    A killed parent cannot terminate its pool, and a busy worker would otherwise write its shard
+    into a staging directory nobody will use, for up to a minute. Linux: the kernel sends
+    SIGKILL when the thread that started the worker ends (PR_SET_PDEATHSIG; `preprocess` makes
+    and terminates its pool in one call, so that thread outlives the pool); elsewhere a thread
+    polls the parent pid.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # it died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(backend_json: str, info: dict, parent_pid: int | None = None) -> None:
+    """Worker set-up: only the Rust tokenizer from its JSON (no transformers import).
+
+    Args:
+      parent_pid: in a pool worker, the pid of the process that made the pool (the worker dies
+        with it); None when called in that process itself.
+    """
     from tokenizers import Tokenizer
 
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # processes give the parallelism
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = tokenization.TokenizerInfo(**info)
@@ -148,6 +196,7 @@ def _write_shard(task: dict) -> dict:
     entities: collections.Counter = collections.Counter()
     repaired: collections.Counter = collections.Counter()
     stats = collections.Counter()
+    pieceless_lines: list[int] = []
     sentence_id = task["first_sentence_id"]
     partial = task["path"] + ".partial"
     options = tf.io.TFRecordOptions(compression_type=task["compression"])
@@ -175,10 +224,14 @@ def _write_shard(task: dict) -> dict:
                     raise corpus.CorpusError(task["source"], line, f"tag {e.args[0]!r} is not in "
                                              f"the label map {task['label_map']}") from None
                 if not ids:
-                    raise corpus.CorpusError(
-                        task["source"], sentence.line, "sentence has no tokens: the tokenizer's "
-                        "normaliser removes every character of it (control or zero-width "
-                        "characters?)")
+                    # The normaliser removes every character (U+FFFD, control or zero-width
+                    # characters): each one becomes the unknown token, exactly as one such
+                    # character inside a sentence does, so the sentence keeps its labels.
+                    ids = [info.unk_token_id] * len(sentence.tokens)
+                    first_piece = list(range(len(sentence.tokens)))
+                    stats["pieceless_sentences"] += 1
+                    if len(pieceless_lines) < _PIECELESS_LINES_KEPT:
+                        pieceless_lines.append(sentence.line)
                 entities.update(corpus.entity_types_of(tags))
                 stats["pieceless_tokens"] += pieceless
                 stats["content_pieces"] += len(ids)
@@ -203,7 +256,7 @@ def _write_shard(task: dict) -> dict:
     return {"split": task["split"], "index": task["index"], "file": os.path.basename(task["path"]),
             "records": int(stats["windows"]), "bytes": os.path.getsize(task["path"]),
             "sha256": file_sha256(task["path"]), "histogram": histogram, "entities": dict(entities),
-            "repaired": dict(repaired), "stats": dict(stats)}
+            "repaired": dict(repaired), "stats": dict(stats), "pieceless_lines": pieceless_lines}
 
 
 def _run(function: Callable, jobs: list, pool) -> list:
@@ -252,6 +305,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
                      compression=compression, sentences_per_shard=sentences_per_shard,
                      label_map=label_map)
     output_dir = pathlib.Path(output_dir).resolve()
+    clean_stale_directories(output_dir, log)  # before looking at output_dir: it may be restored
     if output_dir.exists():
         if not output_dir.is_dir():
             raise FileExistsError(f"output_dir {output_dir} exists and is not a directory")
@@ -262,10 +316,17 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         elif any(output_dir.iterdir()):
             raise FileExistsError(f"output_dir {output_dir} is not empty and holds no manifest; "
                                   f"refusing to write into it")
+    for name, path in splits.items():
+        if corpus.starts_with_bom(path):
+            log(f"note: {path} ({name}) starts with a UTF-8 byte order mark (BOM); it is ignored")
+        if corpus.line_ending(path) == "\r":
+            log(f"note: {path} ({name}) has CR-only line ends (old Mac OS); read as such")
     formats = {name: (corpus.detect_format(path) if input_format == "auto" else input_format)
                for name, path in splits.items()}
     if len(set(formats.values())) > 1:
-        raise ValueError(f"the splits have different formats {formats}; give input_format")
+        raise ValueError(f"the splits have different formats {formats} (detected from their "
+                         f"first lines: char = one character and its tag per line); give "
+                         f"input_format")
     the_format = next(iter(formats.values()))
     started = time.time()
 
@@ -286,12 +347,12 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         workers = num_workers
     pool = None
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    stack = contextlib.ExitStack()  # holds the staging directory once there is one
     try:
         if workers > 0:
             pool = multiprocessing.get_context("spawn").Pool(
                 workers, initializer=_init_worker,
-                initargs=(backend.to_str(), info.to_json()))
+                initargs=(backend.to_str(), info.to_json(), os.getpid()))
         scans = _scan_files(splits, the_format, sentences_per_shard, pool)
         log(f"scanned {sum(s['sentences'] for s in scans.values())} sentences "
             f"in {time.time() - started:.1f}s")
@@ -323,7 +384,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
                         scan["path"], line, f"tag {tag!r}: entity type {kind!r} is not in the "
                         f"label map built from the train split ({label_map})")
 
-        staging.mkdir()
+        staging = stack.enter_context(staging_directory(output_dir))
         settings = dict(label_map=label_map, max_seq_length=max_seq_length, stride=stride,
                         scheme=scheme, on_invalid=on_invalid, compression=COMPRESSION[compression])
         tasks = []
@@ -353,6 +414,14 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
                 f"({counts['sentences_split']} sentences split), {counts['tokens']} tokens, "
                 f"unknown-token rate {counts['unknown_token_rate']:.4%}, "
                 f"entities {counts['entities']}, repaired tags {counts['repaired_tags'] or 0}")
+            if counts["pieceless_sentences"]:
+                lines = sorted(line for shard in shards if shard["split"] == name
+                               for line in shard["pieceless_lines"])[:_PIECELESS_LINES_KEPT]
+                more = ", ..." if counts["pieceless_sentences"] > len(lines) else ""
+                where = ", ".join(f"{split['source']['path']}:{line}" for line in lines) + more
+                log(f"note: {name}: the tokenizer's normaliser removes every character of "
+                    f"{counts['pieceless_sentences']} sentence(s) (control, zero-width or U+FFFD "
+                    f"characters?); they are kept, each character as the unknown token: {where}")
         log(f"wrote {sum(s['records'] for s in shards)} windows in {len(shards)} shards to "
             f"{output_dir} in {time.time() - started:.1f}s")
         return manifest
@@ -360,8 +429,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         if pool is not None:
             pool.terminate()
             pool.join()
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        stack.close()  # after the pool: removes the staging directory unless renamed
 
 
 def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme, on_invalid,
@@ -389,6 +457,7 @@ def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme,
                 "unknown_token_rate": stats["unknown_tokens"] / pieces if pieces else 0.0,
                 "sentences_split": int(stats["sentences_split"]),
                 "pieceless_tokens": int(stats["pieceless_tokens"]),
+                "pieceless_sentences": int(stats["pieceless_sentences"]),
                 "max_sentence_length": scan["max_sentence_length"],
                 "entities": dict(sorted(entities.items())),
                 # Entities as the file writes them: the above minus the repaired fragments.

@@ -130,8 +130,9 @@ GOOD_TRAIN = "中 B-LOC\n国 I-LOC\n人 O\n\n张 B-PER\n三 I-PER\n说 O\n\n"
      "entity type 'ORG' is not in the label map"),
     ("empty file", {"train": GOOD_TRAIN, "dev": "\n\n"}, {}, None, "empty file"),
     ("invalid utf-8", {"train": GOOD_TRAIN.encode() + b"\xe4\xb8 O\n"}, {}, 9, "invalid UTF-8"),
-    ("sentence with no tokens", {"train": GOOD_TRAIN + "\u200b O\n\u200b O\n"}, {}, 9,
-     "sentence has no tokens"),
+    ("multi-character token", {"train": GOOD_TRAIN + "北京 B-LOC\n"}, {}, 9,
+     "token '北京' has 2 characters"),
+    ("mixed line ends", {"train": GOOD_TRAIN + "中 O\r国 O\n"}, {}, 9, "mixes CR-only and LF"),
 ])
 def test_bad_input_names_file_and_line_and_leaves_nothing(tmp_path, bert_chinese_dir, name,
                                                           files, kwargs, line, message):
@@ -199,3 +200,142 @@ def test_cli_reports_errors_without_traceback(tmp_path, bert_chinese_dir):
     assert f"error: {bad}:9: tag 'X-LOC'" in result.stderr
     assert "Traceback" not in result.stderr
     assert_no_finished_output(tmp_path / "out")
+
+
+def records_and_counts(manifest):
+    """What a split turned into, independent of where its source file lies."""
+    out = {}
+    for split, entry in manifest["splits"].items():
+        counts = dict(entry["counts"])
+        out[split] = (counts, [{k: v.tolist() if hasattr(v, "tolist") else v
+                                for k, v in r.items()} for r in read_records(manifest, split)])
+    return out
+
+
+def test_bom_and_cr_only_files_give_the_same_shards(tmp_path, bert_chinese_dir):
+    dev_text = "新 O\n华 O\n社 O\n北 B-LOC\n京 I-LOC\n电 O\n\n张 B-PER\n"
+    plain = {"train": write(tmp_path, "train.txt", GOOD_TRAIN),
+             "dev": write(tmp_path, "dev.txt", dev_text)}
+    odd = {"train": write(tmp_path, "train_bom.txt", raw=b"\xef\xbb\xbf" + GOOD_TRAIN.encode()),
+           "dev": write(tmp_path, "dev_cr.txt", raw=b"\xef\xbb\xbf" + dev_text.replace(
+               "\n", "\r").encode())}
+    expected = preprocess(plain, tmp_path / "plain", bert_chinese_dir, num_workers=0)
+    messages = []
+    got = preprocess(odd, tmp_path / "odd", bert_chinese_dir, num_workers=0, log=messages.append)
+    assert {s["source"]["format"] for s in got["splits"].values()} == {"char"}
+    assert records_and_counts(load_manifest(tmp_path / "odd")) == \
+        records_and_counts(load_manifest(tmp_path / "plain"))
+    assert expected["label_map"] == got["label_map"]
+    notes = [m for m in messages if m.startswith("note: ")]
+    assert f"note: {odd['train']} (train) starts with a UTF-8 byte order mark (BOM); it is " \
+           f"ignored" in notes
+    assert f"note: {odd['dev']} (dev) has CR-only line ends (old Mac OS); read as such" in notes
+
+
+def test_sentence_that_normalises_away_is_kept_as_unknown_tokens(tmp_path, bert_chinese_dir):
+    """Ten U+FFFD (BERT's normaliser drops them) tagged O: a dev sentence, kept and counted."""
+    dev = write(tmp_path, "dev.txt", "中 O\n国 O\n\n" + "\ufffd O\n" * 10 + "\n人 O\n\ufffd O\n")
+    messages = []
+    manifest = preprocess({"train": write(tmp_path, "train.txt", GOOD_TRAIN), "dev": dev},
+                          tmp_path / "out", bert_chinese_dir, num_workers=0,
+                          log=messages.append)
+    counts = manifest["splits"]["dev"]["counts"]
+    assert counts["sentences"] == 3 and counts["windows"] == 3
+    assert counts["pieceless_sentences"] == 1
+    assert counts["pieceless_tokens"] == 11  # ten in the sentence, one beside "人"
+    unk = manifest["tokenizer"]["unk_token_id"]
+    records = sorted(read_records(load_manifest(tmp_path / "out"), "dev"),
+                     key=lambda r: r["sentence_id"])
+    lost = records[1]
+    assert lost["input_ids"].tolist() == [101] + [unk] * 10 + [102]
+    assert lost["label_ids"].tolist() == [-100] + [0] * 10 + [-100]
+    assert lost["char_index"].tolist() == [-1] + list(range(10)) + [-1]
+    assert lost["sentence_length"] == 10
+    assert records[2]["input_ids"].tolist() == [101, 782, unk, 102]  # the case that always worked
+    assert counts["unknown_tokens"] == 11
+    [note] = [m for m in messages if "normaliser removes every character" in m]
+    assert f"{dev}:4" in note and note.startswith("note: dev: ")
+
+
+def test_a_directory_as_input_is_named_as_such(tmp_path, bert_chinese_dir):
+    with pytest.raises(IsADirectoryError, match=rf"train: input file {tmp_path} is a directory, "
+                                                rf"expected a file"):
+        preprocess({"train": tmp_path}, tmp_path / "out", bert_chinese_dir, num_workers=0)
+
+
+def test_multi_character_token_in_char_file_is_an_error(tmp_path, bert_chinese_dir):
+    train = write(tmp_path, "train.txt", GOOD_TRAIN + "北京 B-LOC\n")
+    with pytest.raises(corpus.CorpusError,
+                       match=rf"^{train}:9: token '北京' has 2 characters"):
+        preprocess({"train": train}, tmp_path / "out", bert_chinese_dir, num_workers=0)
+    assert_no_finished_output(tmp_path / "out")
+    manifest = preprocess({"train": train}, tmp_path / "words", bert_chinese_dir,
+                          input_format="conll", num_workers=0)
+    assert manifest["splits"]["train"]["counts"]["sentences"] == 3
+
+
+def test_what_a_killed_run_left_is_cleaned_at_the_next_run(tmp_path, bert_chinese_dir):
+    train = write(tmp_path, "train.txt", GOOD_TRAIN)
+    output_dir = tmp_path / "cache" / "out"
+    first = preprocess({"train": train}, output_dir, bert_chinese_dir, num_workers=0)
+    # A kill between the two renames of a replacement: the output is aside, the new one unfinished.
+    os.rename(output_dir, tmp_path / "cache" / ".out.old-0123abcd")
+    (tmp_path / "cache" / ".out.tmp-89abcdef").mkdir()
+    (tmp_path / "cache" / ".out.tmp-89abcdef" / "train-00000-of-00001.tfrecord.partial"
+     ).write_bytes(b"x" * 100)
+    (tmp_path / "cache" / ".other.tmp-89abcdef").mkdir()  # not this target's: kept
+    with pytest.raises(FileExistsError, match="already holds a finished"):
+        preprocess({"train": train}, output_dir, bert_chinese_dir, num_workers=0)
+    assert load_manifest(output_dir)["splits"] == load_manifest_splits(first)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".other.tmp-89abcdef",
+                                                                      "out"]
+
+
+def load_manifest_splits(manifest):
+    return json.loads(json.dumps(manifest["splits"]))
+
+
+WORKER_SCRIPT = r"""
+import multiprocessing, os, sys, time
+from data_pipeline import preprocess, tokenization
+backend, info = tokenization.prepare_tokenizer(sys.argv[1], word_boundary_marker="auto",
+                                               input_format="char")
+pool = multiprocessing.get_context("spawn").Pool(
+    2, initializer=preprocess._init_worker,
+    initargs=(backend.to_str(), info.to_json(), os.getpid()))
+print(" ".join(str(worker.pid) for worker in pool._pool), flush=True)
+pool.map(abs, range(8))  # the workers have run their initializer
+pool.map_async(time.sleep, [60, 60], chunksize=1)  # busy, as when writing a shard
+time.sleep(1)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path, bert_chinese_dir):
+    """SIGKILL leaves no chance to terminate the pool: the workers must go by themselves."""
+    import signal
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(bert_chinese_dir)],
+                              cwd=os.path.dirname(os.path.dirname(__file__)),
+                              stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert parent.stdout.readline().strip() == "ready"
+        workers = [psutil.Process(pid) for pid in pids]
+        assert len(workers) == 2 and all(w.is_running() for w in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert alive == [], f"workers {[w.pid for w in alive]} outlived their killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in pids:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
