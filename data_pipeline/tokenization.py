@@ -63,10 +63,17 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
     Raises:
       ValueError: the tokenizer cannot be loaded, or is not a fast tokenizer.
     """
-    from transformers import AutoTokenizer
-
     name = os.fspath(name_or_dir)
     local = os.path.isdir(name)
+    if not local and os.path.exists(name):
+        raise ValueError(f"tokenizer {name!r} is a file; give the directory that holds "
+                         f"tokenizer.json (or a hub name)")
+    if not local and (not _reads_as_hub_name(name) or os.path.isdir(os.path.dirname(name))):
+        # A path (`../models/x`, or `models/x` beside an existing `models/`): transformers would
+        # answer with a hub-name error ("Repo id must be in the form ...") or try the network.
+        raise ValueError(f"tokenizer directory {name!r} does not exist")
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=local,
                                                   trust_remote_code=False)
@@ -76,6 +83,12 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
         raise ValueError(f"tokenizer {name!r} is not a fast (Rust) tokenizer; word alignment needs "
                          f"one (a tokenizer.json in the directory)")
     return tokenizer
+
+
+def _reads_as_hub_name(name: str) -> bool:
+    """`bert-base-chinese` or `hfl/rbt3`, not a path (`./x`, `../x`, `/x`, `~/x`, `a/b/c`)."""
+    return (bool(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1
+            and "\\" not in name)
 
 
 def _set_prepend_never(pre_tokenizer_json: dict) -> bool:

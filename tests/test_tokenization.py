@@ -87,3 +87,14 @@ def test_words_with_several_pieces_and_pieceless_tokens(bert_chinese_dir):
 def test_bad_tokenizer_name_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot load tokenizer"):
         load(tmp_path)
+
+
+def test_missing_tokenizer_directory_is_our_error_not_a_hub_name_error(tmp_path):
+    for path in (tmp_path / "no" / "such" / "tokenizer", "../shared/models/nope",
+                 tmp_path / "nope"):  # the last: one level below an existing directory
+        with pytest.raises(ValueError, match=rf"^tokenizer directory '{path}' does not exist$"):
+            load(path)
+    a_file = tmp_path / "vocab.txt"
+    a_file.write_text("[UNK]\n")
+    with pytest.raises(ValueError, match="is a file; give the directory"):
+        load(a_file)
