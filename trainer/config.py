@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Any, Sequence
@@ -126,7 +127,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """Strict JSON (never NaN or Infinity; `validate` rejects those values anyway)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with `changes` applied (and validated again)."""
@@ -159,6 +161,13 @@ def _at_least(config: TrainConfig, name: str, minimum: float) -> None:
 
 def validate(config: TrainConfig) -> None:
     """Checks single values and combinations; raises ConfigError naming the flag."""
+    # NaN compares false with everything, so it would slip through every range check below
+    # (--head_learning_rate=nan froze the head), and inf is no meaningful rate, norm, fraction or
+    # epoch count either: no float field of the config accepts a non-finite value.
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(field.name, value, "expected a finite number")
     _one_of(config, "strategy", STRATEGIES)
     _one_of(config, "mixed_precision", MIXED_PRECISION)
     _one_of(config, "encoder", ENCODERS)
@@ -373,12 +382,25 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
     """Reads the parsed flags once and returns the validated config.
 
+    Only reads the file system (no TensorFlow, no model, no preprocessing), so every error here
+    comes at once.
+
     Raises:
-      ConfigError: a value or combination is invalid, or an input file does not exist.
+      ConfigError: a value or combination is invalid, an input file does not exist, --manifest
+        holds no finished preprocessing output, or --run_dir/--data_cache_dir cannot be a
+        directory.
     """
     values = {field.name: flag_values[field.name].value
               for field in dataclasses.fields(TrainConfig)}
     if values["encoder"] == "embedding":
+        # The flag's default names a BERT directory; only a value the user gave is an error
+        # (`--pretrained=` as in configs/bilstm_crf.flags says "none" explicitly).
+        flag = flag_values["pretrained"]
+        if values["pretrained"] and (flag.present or flag.value != flag.default):
+            raise ConfigError(f"--pretrained={values['pretrained']!r} does not apply to "
+                              f"--encoder=embedding (its embeddings are learned from scratch; "
+                              f"the vocabulary comes from --tokenizer): drop it or give "
+                              f"--pretrained=")
         values["pretrained"] = ""
     for name in ("train_file", "dev_file", "test_file", "pretrained", "encoder_config",
                  "tokenizer", "manifest"):
@@ -394,15 +416,102 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
         raise ConfigError("--tokenizer is required when --pretrained is not given")
     for name in ("run_dir", "data_cache_dir"):
         values[name] = os.path.abspath(values[name])
-    if not values["manifest"]:
+        _check_output_directory(name, values[name])
+    if values["manifest"]:
+        _check_manifest(values["manifest"])
+    else:
         for name in ("train_file", "dev_file", "test_file"):
-            if not os.path.isfile(values[name]):
-                raise ConfigError(f"--{name}={values[name]!r}: no such file")
+            path = values[name]
+            if os.path.isdir(path):
+                raise ConfigError(f"--{name}={path!r} is a directory, expected a file")
+            if not os.path.isfile(path):
+                raise ConfigError(f"--{name}={path!r}: no such file")
     for name in ("pretrained", "tokenizer"):
         path = values[name]
-        if path and not _is_hub_name(path) and not os.path.exists(path):
-            raise ConfigError(f"--{name}={path!r}: no such directory")
+        if path and not _is_hub_name(path):
+            if not os.path.exists(path):
+                raise ConfigError(f"--{name}={path!r}: no such directory")
+            if not os.path.isdir(path):
+                raise ConfigError(f"--{name}={path!r} is a file, expected a directory (of a "
+                                  f"transformers model or tokenizer) or a hub name")
     return TrainConfig(**values)
+
+
+def _check_output_directory(name: str, path: str) -> None:
+    """--run_dir / --data_cache_dir: a directory, or creatable as one (no file in the way)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--{name}={path!r} is a file, expected a directory")
+    parent = os.path.dirname(path)  # `path` is absolute: the loop ends at "/" at the latest
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--{name}={path!r} cannot be created: {parent!r} is a file")
+
+
+_SPLITS = ("train", "dev", "test")
+
+
+def _check_manifest(path: str) -> None:
+    """--manifest: a finished preprocessing output (a directory with manifest.json, or the file).
+
+    Read with `data_pipeline.manifest.load_manifest` (standard library only), so a directory
+    without a manifest, a damaged manifest or a missing split fails here, before TensorFlow.
+    """
+    from data_pipeline.manifest import MANIFEST_NAME, load_manifest
+
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+            raise ConfigError(f"--manifest={path!r}: no {MANIFEST_NAME} in this directory (run "
+                              f"`python -m data_pipeline.preprocess` first; a directory without "
+                              f"{MANIFEST_NAME} is not finished)")
+    elif not os.path.exists(path):
+        raise ConfigError(f"--manifest={path!r}: no such directory")
+    elif os.path.basename(path) != MANIFEST_NAME:
+        raise ConfigError(f"--manifest={path!r} is a file but not a {MANIFEST_NAME}: give the "
+                          f"preprocessed directory or its {MANIFEST_NAME}")
+    try:
+        manifest = load_manifest(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--manifest={path!r}: {error}") from None
+    missing = [split for split in _SPLITS if split not in manifest["splits"]]
+    if missing:
+        raise ConfigError(f"--manifest={path!r} has no {' or '.join(missing)} split (it has "
+                          f"{sorted(manifest['splits'])}); training needs train, dev and test")
+
+
+def check_run_dir(config: TrainConfig) -> None:
+    """Refuses, before TensorFlow is imported, a run directory that holds a different run.
+
+    The same rule as `checkpointing.prepare_run_dir` (which checks again once the precision is
+    resolved): a config.json whose run-defining fields differ, unless --overwrite or
+    --resume_mismatched. With --mixed_precision=auto the precision is only known after
+    TensorFlow sees the hardware, so it is left to that later check.
+
+    Raises:
+      ConfigError: naming the differing flags, or an unreadable config.json.
+    """
+    path = pathlib.Path(config.run_dir) / "config.json"
+    if config.overwrite or config.resume_mismatched or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--run_dir={config.run_dir!r}: cannot read {path} ({error}); use "
+                          f"another --run_dir, or --overwrite to start afresh") from None
+    new = config.to_dict()
+    ignored = set(RUN_CONTROL_FIELDS)
+    if config.mixed_precision == "auto":
+        ignored.add("mixed_precision")
+    differences = [f"--{name}: {old.get(name)!r} -> {new.get(name)!r}"
+                   for name in sorted((set(old) | set(new)) - ignored)
+                   if old.get(name) != new.get(name)]
+    if differences:
+        raise ConfigError(f"--run_dir={config.run_dir!r} was created with a different config "
+                          f"({'; '.join(differences)}). Use another --run_dir, --overwrite to "
+                          f"start afresh, or --resume_mismatched to continue it with the new "
+                          f"config.")
 
 
 def parse_flags(argv: Sequence[str]) -> TrainConfig:
