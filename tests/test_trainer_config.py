@@ -103,3 +103,94 @@ def test_hub_names_are_kept_and_paths_are_resolved(corpus):
     assert config.tokenizer == str(REPO / "configs")  # an existing directory under the repo
     with pytest.raises(ConfigError, match="--pretrained"):
         config_lib.parse_flags(args[:-1] + ["--pretrained=./no/such/model"])
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("head_learning_rate", "nan"),      # NaN compares false: it silently froze the head
+    ("clip_norm", "inf"),
+    ("encoder_learning_rate", "inf"),
+    ("crf_learning_rate", "nan"),
+    ("adam_epsilon", "nan"),
+    ("end_learning_rate_ratio", "nan"),
+    ("epochs", "inf"),
+    ("weight_decay", "inf"),
+    ("warmup_proportion", "nan"),
+])
+def test_non_finite_numbers_are_rejected_naming_the_flag(corpus, flag, value):
+    with pytest.raises(ConfigError, match=rf"^--{flag}={value} is invalid: expected a finite"):
+        config_lib.parse_flags(base_args(corpus) + [f"--{flag}={value}"])
+
+
+def test_config_json_is_strict(corpus, tmp_path):
+    config = config_lib.parse_flags(base_args(corpus))
+
+    def reject(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    assert json.loads(config.to_json(), parse_constant=reject) == config.to_dict()
+    object.__setattr__(config, "clip_norm", float("nan"))  # past validation, as a bug would
+    with pytest.raises(ValueError):
+        config.to_json()
+
+
+def test_manifest_run_dir_and_input_paths_are_checked_before_anything_runs(corpus, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"^--manifest='.*empty': no manifest.json"):
+        config_lib.parse_flags(base_args(corpus) + [f"--manifest={empty}"])
+    with pytest.raises(ConfigError, match="--manifest=.*no such directory"):
+        config_lib.parse_flags(base_args(corpus) + [f"--manifest={tmp_path / 'nope'}"])
+    (empty / "manifest.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="--manifest=.*not valid JSON"):
+        config_lib.parse_flags(base_args(corpus) + [f"--manifest={empty}"])
+    manifest = {"format_version": 1, "label_map": ["O"], "max_seq_length": 8, "stride": 0,
+                "compression": "", "tokenizer": {}, "splits": {"train": {}, "dev": {}}}
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="--manifest=.*has no test split"):
+        config_lib.parse_flags(base_args(corpus) + [f"--manifest={empty / 'manifest.json'}"])
+    manifest["splits"]["test"] = {}
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    assert config_lib.parse_flags(base_args(corpus) + [f"--manifest={empty}"]).manifest == \
+        str(empty)
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match=r"^--run_dir='.*a_file' is a file, expected a dir"):
+        config_lib.parse_flags(base_args(corpus) + [f"--run_dir={a_file}"])
+    with pytest.raises(ConfigError, match=r"^--data_cache_dir=.*cannot be created: .*is a file"):
+        config_lib.parse_flags(base_args(corpus) + [f"--data_cache_dir={a_file}/x/y"])
+    with pytest.raises(ConfigError, match=r"^--dev_file='.*' is a directory, expected a file"):
+        config_lib.parse_flags(base_args(corpus) + [f"--dev_file={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^--tokenizer='.*a_file' is a file, expected a dir"):
+        config_lib.parse_flags(base_args(corpus)[:-1] + [f"--tokenizer={a_file}"])
+
+
+def test_pretrained_with_the_embedding_encoder_is_an_error(corpus):
+    args = base_args(corpus)[:3] + [f"--tokenizer={corpus.parent}", "--encoder=embedding",
+                                    "--encoder_learning_rate=1e-3"]
+    with pytest.raises(ConfigError, match=r"^--pretrained='bert-base-chinese' does not apply to "
+                                          r"--encoder=embedding"):
+        config_lib.parse_flags(args + ["--pretrained=bert-base-chinese"])
+    # The flag's default (a BERT directory) and an explicit `--pretrained=` are fine.
+    assert config_lib.parse_flags(args).pretrained == ""
+    assert config_lib.parse_flags(args + ["--pretrained="]).pretrained == ""
+
+
+def test_run_directory_of_another_run_is_refused_before_tensorflow(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = base_args(corpus) + [f"--run_dir={run_dir}", "--mixed_precision=none"]
+    config = config_lib.parse_flags(args)
+    config_lib.check_run_dir(config)  # no directory yet
+    run_dir.mkdir()
+    config_lib.write_config(config, run_dir)
+    config_lib.check_run_dir(config_lib.parse_flags(args + ["--max_steps=7"]))  # run control
+    changed = config_lib.parse_flags(args + ["--batch_size=16"])
+    with pytest.raises(ConfigError, match=r"different config \(--batch_size: 32 -> 16\)"):
+        config_lib.check_run_dir(changed)
+    config_lib.check_run_dir(changed.replace(overwrite=True))
+    config_lib.check_run_dir(changed.replace(resume_mismatched=True))
+    # mixed_precision=auto is resolved by TensorFlow later, so it is not compared here.
+    config_lib.check_run_dir(config.replace(mixed_precision="auto"))
+    (run_dir / "config.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="cannot read .*config.json"):
+        config_lib.check_run_dir(config)
