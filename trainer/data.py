@@ -19,7 +19,7 @@ import os
 import pathlib
 from typing import Callable
 
-from data_pipeline.manifest import file_sha256
+from data_pipeline.manifest import file_sha256, strict_json_dumps
 from trainer.config import TrainConfig
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -27,6 +27,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "merges.txt")
 _SPLITS = ("train", "dev", "test")
 _SMALL_CORPUS_BYTES = 2 << 20
+
+
+class DataError(ValueError):
+    """The corpus files or the preprocessed data cannot be used (the message says why).
+
+    Raised for what preprocessing and the manifest reader report as a plain ValueError (for
+    example splits of different formats, or a damaged manifest); `corpus.CorpusError` (a bad
+    line, naming the file and line) passes through unchanged.
+    """
 
 
 def tokenizer_fingerprint(tokenizer: str) -> str:
@@ -60,17 +69,25 @@ def ensure_preprocessed(config: TrainConfig, *, log: Callable[[str], None] = pri
 
     Safe when several processes (multi-worker) call it at once: preprocessing writes into a
     staging directory and renames it into place, so the loser finds the winner's output.
+
+    Raises:
+      corpus.CorpusError: a bad corpus line (naming the file and line).
+      DataError: other bad input (formats, tokenizer) or an unusable manifest.
+      OSError: an input file vanished, or the cache directory cannot be written.
     """
-    from data_pipeline import preprocess
+    from data_pipeline import corpus, preprocess
     from data_pipeline.manifest import MANIFEST_NAME
 
     if config.manifest:
         path = pathlib.Path(config.manifest)
-        return str(path.parent if path.name == MANIFEST_NAME else path)
+        output_dir = path.parent if path.name == MANIFEST_NAME else path
+        _check_manifest(output_dir)
+        return str(output_dir)
     inputs = preprocessing_inputs(config)
     output_dir = pathlib.Path(config.data_cache_dir) / cache_key(inputs)
     if (output_dir / MANIFEST_NAME).is_file():
         log(f"reusing preprocessed shards in {output_dir}")
+        _check_manifest(output_dir)
         return str(output_dir)
     log(f"preprocessing {config.train_file} (+ dev, test) into {output_dir}")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +98,38 @@ def ensure_preprocessed(config: TrainConfig, *, log: Callable[[str], None] = pri
         preprocess.preprocess(files, output_dir, config.tokenizer,
                               max_seq_length=config.max_seq_length, stride=config.stride,
                               num_workers=0 if small else None, log=log)
+    except corpus.CorpusError:
+        raise
+    except ValueError as error:
+        raise DataError(str(error)) from None
     except (FileExistsError, OSError):
         if not (output_dir / MANIFEST_NAME).is_file():
             raise
         log(f"another process finished {output_dir} first; reusing it")
-    (output_dir / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True))
+    (output_dir / "inputs.json").write_text(
+        strict_json_dumps(inputs, indent=2, sort_keys=True))
+    _check_manifest(output_dir)
     return str(output_dir)
+
+
+def _check_manifest(directory: pathlib.Path) -> dict:
+    """Loads the manifest and checks it has every split training reads.
+
+    Raises:
+      DataError: no manifest, a damaged one, or a split missing.
+    """
+    from data_pipeline.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(directory)
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from None
+    missing = [split for split in _SPLITS if split not in manifest["splits"]]
+    if missing:
+        raise DataError(f"{manifest['directory']}: the manifest has no {' or '.join(missing)} "
+                        f"split (it has {sorted(manifest['splits'])}); training needs train, dev "
+                        f"and test")
+    return manifest
 
 
 def read_gold(manifest: dict, split: str) -> tuple[list[list[str]], list[list[str]]]:

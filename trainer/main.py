@@ -3,6 +3,10 @@
 Flags are documented in `trainer/config.py` (or `--helpfull`); shipped flagfiles live in
 `configs/`. Flags given after a `--flagfile` override it. Run from the repository root: nested
 `--flagfile=configs/...` lines are relative to it.
+
+Bad flags, paths and data end with `error: ...` (naming the flag, or the file and line) and exit
+status 1, never a traceback. Flags, input paths, `--manifest` and the run directory's config are
+checked before TensorFlow is imported.
 """
 
 import os
@@ -17,21 +21,48 @@ from trainer import config as config_lib  # noqa: E402
 config_lib.define_flags()
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the flags, paths or data (not by the code): reported without traceback.
+
+    Called once TensorFlow is imported anyway (by the training loop).
+    """
+    import tensorflow as tf
+
+    from data_pipeline.corpus import CorpusError
+    from data_pipeline.dataset import ShardError
+    from trainer.checkpointing import RunDirectoryError
+    from trainer.data import DataError
+
+    return (config_lib.ConfigError, RunDirectoryError, CorpusError, ShardError, DataError,
+            OSError, tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+            tf.errors.NotFoundError)
+
+
+def describe(error: BaseException) -> str:
+    """One line for the user; TensorFlow's op errors lose their graph-node and op trailers."""
+    message = getattr(error, "message", None)
+    if isinstance(message, str):  # tf.errors.OpError: "msg\n\t [[{{node x}}]] [Op:Y]"
+        first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+        return f"{first} ({type(error).__name__} from TensorFlow)"
+    return str(error) or type(error).__name__
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         config = config_lib.config_from_flags(flags.FLAGS)
+        config_lib.check_run_dir(config)
     except config_lib.ConfigError as error:
         sys.exit(f"error: {error}")
-    from trainer import checkpointing
     from trainer.loop import train_and_evaluate
 
+    user_errors = _user_errors()
     logging.set_verbosity(logging.INFO)
     try:
         results = train_and_evaluate(config, config.run_dir)
-    except checkpointing.RunDirectoryError as error:
-        sys.exit(f"error: {error}")
+    except user_errors as error:
+        sys.exit(f"error: {describe(error)}")
     if results.get("stopped"):
         sys.exit(128 + 15)  # stopped by SIGTERM after saving a checkpoint
     if "test" in results:
