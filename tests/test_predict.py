@@ -176,3 +176,48 @@ def test_softmax_embedding_tagger_serves_its_argmax_and_probabilities(tmp_path,
     probs = tf.nn.softmax(logits, axis=-1).numpy()[0][np.asarray(char_index) >= 0]
     assert prediction.tags == [PD_LABELS[i] for i in probs.argmax(-1)]
     np.testing.assert_allclose(prediction.tag_probs, probs.max(-1), rtol=1e-5)
+
+
+def test_non_utf8_arguments_are_replaced_and_reported_not_a_traceback(export_dir):
+    # What Python puts in sys.argv for the bytes ff fe 北京 (lone surrogates for the bad bytes).
+    argument = os.fsdecode(b"\xff\xfe" + "北京".encode())
+    assert "\udcff" in argument
+    out, err = io.StringIO(), io.StringIO()
+    assert predict.main([f"--export_dir={export_dir}", "--format=conll", argument, "上海"],
+                        stdin=io.BytesIO(b""), stdout=out, stderr=err) == 0
+    assert "line 1: invalid UTF-8 at byte 0; bad bytes replaced by U+FFFD" in err.getvalue()
+    sentences = [s for s in out.getvalue().split("\n\n") if s]
+    assert [[row.split(" ")[0] for row in s.split("\n")] for s in sentences] == [
+        ["\ufffd", "\ufffd", "北", "京"], ["上", "海"]]
+
+
+def test_conll_and_jsonl_never_write_raw_control_characters(predictor):
+    line = "北\x00京\x1b[2J欢\x7f迎\u202e你"
+    prediction = predictor.predict(line)
+    assert "\x00" in prediction.tokens and "\x1b" in prediction.tokens
+    out = io.StringIO()
+    predict.write_prediction(prediction, "conll", out)
+    text = out.getvalue()
+    assert not any(ch in text for ch in "\x00\x1b\x7f\u202e")
+    assert [row.split(" ")[0] for row in text.split("\n") if row] == [
+        "北", "\\x00", "京", "\\x1b", "[", "2", "J", "欢", "\\x7f", "迎", "\\u202e", "你"]
+    entity = {"text": "a\x9b\x00b\u2028", "type": "PER", "start": 0, "end": 5,
+              "score": float("nan")}
+    fake = serving.LinePrediction(line_number=3, text="", tokens=[], spans=[], tags=[],
+                                  tag_probs=[], entities=[entity], unknown=[])
+    out = io.StringIO()
+    predict.write_prediction(fake, "jsonl", out)
+    text = out.getvalue()
+    assert not any(ch in text for ch in "\x9b\x00\u2028") and text.endswith("}\n")
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    assert json.loads(text, parse_constant=reject) == {"line": 3, **entity, "score": None}
+
+
+def test_a_directory_as_input_file_is_named_as_such(export_dir, tmp_path):
+    err = io.StringIO()
+    assert predict.main([f"--export_dir={export_dir}", f"--input_file={tmp_path}"],
+                        stdin=io.BytesIO(b""), stdout=io.StringIO(), stderr=err) == 2
+    assert err.getvalue() == f"error: --input_file={tmp_path} is a directory, expected a file\n"

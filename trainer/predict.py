@@ -14,13 +14,17 @@ input). Output (standard output):
   (CRF: marginal probabilities).
 - `--format=conll`: `token tag` lines (characters for character models, words for word models;
   spaces and tabs are not tokens and are not written), a blank line after each input line.
+  Control characters (NUL, ESC, DEL, C1), line and paragraph separators and bidirectional
+  overrides are written escaped (`\\x00`, `\\x1b`, `\\u202e`), never raw to a terminal; JSON
+  lines escape the same characters as `\\u` sequences (the parsed text is unchanged).
 
 Lines that cannot be tagged (empty, longer than --max_line_chars, nothing left after the
 tokenizer's normaliser) are reported on standard error as `line N: ...; skipped`, invalid UTF-8
-as `line N: invalid UTF-8 ...` (the bad bytes are replaced), and the other lines are still
-tagged. Tokens the tokenizer does not know are tagged from its unknown token, as in training,
-and summed up in one note at the end. A directory that is not an export, or a missing input
-file, ends with `error: ...` and exit status 2; there is never a traceback for bad input.
+as `line N: invalid UTF-8 ...` (the bad bytes are replaced; the same for an argument, N being
+its number), and the other lines are still tagged. Tokens the tokenizer does not know are tagged
+from its unknown token, as in training, and summed up in one note at the end. A directory that
+is not an export, or a missing input file (or a directory given as one), ends with `error: ...`
+and exit status 2; there is never a traceback for bad input.
 
 Lines are read and batched 256 at a time (one at a time when standard input is a terminal, so
 each typed line is answered at once).
@@ -30,17 +34,22 @@ Imports only the standard library, numpy, tokenizers and TensorFlow (see `traine
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banners off stderr
 
+from data_pipeline.manifest import strict_json_dumps  # noqa: E402
 from trainer import serving  # noqa: E402
 
 FORMATS = ("jsonl", "conll")
+# Characters a terminal or a line-based reader would act on: C0 controls, DEL, C1 controls (CSI
+# U+009B is ESC [), the Unicode line and paragraph separators, bidirectional embeddings,
+# overrides and isolates (which reorder what is shown).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _parser():
@@ -72,15 +81,44 @@ def _decode_lines(stream, warn) -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
+def _decode_arguments(texts: Iterable[str], warn) -> Iterator[str]:
+    """Command-line texts; bytes that are not UTF-8 are replaced (and reported), as in files.
+
+    Python keeps such bytes of `sys.argv` as lone surrogates (U+DC80..U+DCFF), which no
+    tokenizer or output stream accepts; they are turned back into the bytes given.
+    """
+    def as_bytes(text: str) -> bytes:
+        try:
+            return text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that is no escaped byte
+            return text.encode("utf-8", "replace")
+
+    return _decode_lines((as_bytes(text) for text in texts), warn)
+
+
+def _escape_unsafe(text: str, json_escapes: bool = False) -> str:
+    r"""NUL, ESC, ... as `\x00`, `\x1b` (or JSON's `\u0000`, `\u001b`); see `_UNSAFE`."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\u{code:04x}" if json_escapes or code > 0xFF else f"\\x{code:02x}"
+
+    return _UNSAFE.sub(escape, text)
+
+
 def write_prediction(prediction: serving.LinePrediction, output_format: str, out) -> None:
-    """Writes one line's prediction in `output_format` to the text stream `out`."""
+    """Writes one line's prediction in `output_format` to the text stream `out`.
+
+    Characters a terminal would act on are escaped (see the module docstring); a score that is
+    not a finite number is written as JSON `null`.
+    """
     if output_format == "jsonl":
         for entity in prediction.entities:
             record = {"line": prediction.line_number, **entity}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            text = strict_json_dumps(record, non_finite="null", ensure_ascii=False)
+            out.write(_escape_unsafe(text, json_escapes=True) + "\n")
     else:
-        out.writelines(f"{token} {tag}\n" for token, tag in zip(prediction.tokens,
-                                                                prediction.tags))
+        out.writelines(f"{_escape_unsafe(token)} {tag}\n"
+                       for token, tag in zip(prediction.tokens, prediction.tags))
         out.write("\n")
 
 
@@ -109,7 +147,7 @@ class _Report:
         self.warn(f"note: {sum(self.unknown_tokens.values())} token(s) in "
                   f"{len(self.unknown_lines)} line(s) ({lines}{more}) are unknown to the "
                   f"tokenizer and were tagged from its unknown token, as in training; most "
-                  f"frequent: {' '.join(common)}")
+                  f"frequent: {' '.join(map(_escape_unsafe, common))}")
 
 
 def main(argv: list[str] | None = None, *, stdin=None, stdout=None, stderr=None) -> int:
@@ -139,8 +177,11 @@ def main(argv: list[str] | None = None, *, stdin=None, stdout=None, stderr=None)
         return 2
     stream = None
     if args.texts:
-        lines = iter(args.texts)
+        lines = _decode_arguments(args.texts, warn)
     elif args.input_file:
+        if os.path.isdir(args.input_file):
+            warn(f"error: --input_file={args.input_file} is a directory, expected a file")
+            return 2
         try:
             stream = open(args.input_file, "rb")
         except OSError as e:
