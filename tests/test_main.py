@@ -78,12 +78,22 @@ def test_path_and_flag_errors_come_before_tensorflow_and_change_nothing(
 
 def test_corpus_error_through_the_real_entry_point_has_no_traceback(tmp_path, corpus_files,
                                                                     bert_chinese_dir):
+    """... and leaves an earlier run alone, even with --overwrite (the data is checked first)."""
+    from trainer import config as config_lib
+
+    run_dir = tmp_path / "run"
+    args = flags_for(corpus_files, bert_chinese_dir, run_dir, tmp_path)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "checkpoint").write_text("earlier run")
+    config_lib.write_config(config_lib.parse_flags(args), run_dir)
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     corpus_files["dev"].write_text(CORPUS + "中 X-LOC\n", encoding="utf-8")
-    result = tt.run_main(flags_for(corpus_files, bert_chinese_dir, tmp_path / "run", tmp_path),
-                         check=False)
+    result = tt.run_main(args + ["--overwrite", "--max_steps=1"], check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"error: {corpus_files['dev']}:9: tag 'X-LOC' does not fit" in result.stderr
     assert "Traceback" not in result.stderr
+    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file()} == before
 
 
 @pytest.fixture

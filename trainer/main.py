@@ -55,11 +55,15 @@ def main(argv) -> None:
         config_lib.check_run_dir(config)
     except config_lib.ConfigError as error:
         sys.exit(f"error: {error}")
+    from trainer import data
     from trainer.loop import train_and_evaluate
 
     user_errors = _user_errors()
     logging.set_verbosity(logging.INFO)
     try:
+        # Bad corpus lines or tokenizers surface here, before the loop writes config.json into
+        # the run directory (or, with --overwrite, empties it); the loop then reuses the shards.
+        data.ensure_preprocessed(config, log=logging.info)
         results = train_and_evaluate(config, config.run_dir)
     except user_errors as error:
         sys.exit(f"error: {describe(error)}")
