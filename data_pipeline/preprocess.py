@@ -502,7 +502,7 @@ def main(argv) -> None:
                    word_boundary_marker=f.word_boundary_marker, compression=f.compression,
                    sentences_per_shard=f.sentences_per_shard, num_workers=f.num_workers,
                    overwrite=f.overwrite, log=lambda message: print(message, flush=True))
-    except (corpus.CorpusError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (corpus.CorpusError, ValueError, OSError) as e:  # OSError: missing, a directory, ...
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -200,6 +200,12 @@ def test_cli_reports_errors_without_traceback(tmp_path, bert_chinese_dir):
     assert f"error: {bad}:9: tag 'X-LOC'" in result.stderr
     assert "Traceback" not in result.stderr
     assert_no_finished_output(tmp_path / "out")
+    result = subprocess.run(
+        [sys.executable, "-m", "data_pipeline.preprocess", f"--train={tmp_path}",
+         f"--tokenizer={bert_chinese_dir}", f"--output_dir={tmp_path / 'out'}", "--num_workers=0"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: train: input file {tmp_path} is a directory, expected a file" in result.stderr
 
 
 def records_and_counts(manifest):
