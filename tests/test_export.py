@@ -1,7 +1,8 @@
 """Export: a tiny trained run -> export directory. In a fresh process that imports only TensorFlow
 and the predictor, the export tags the test split exactly as the trainer's final evaluation did
-(long sentences, cut into windows, included); the SavedModel works without the project; the
-tokenizer is written exactly as preprocessing used it (the SentencePiece `▁` setting included)."""
+(long sentences, cut into windows, included), and so does its text-in signature `tag_text`; the
+SavedModel works without the project; the tokenizer is written exactly as preprocessing used it
+(the SentencePiece `▁` setting included). More on `tag_text` in test_tag_text.py."""
 
 import json
 import os
@@ -108,6 +109,28 @@ def test_export_reproduces_the_trainers_test_predictions(run_dir, export_dir, tm
     assert "tokenizers" in imported and "trainer.serving" in imported
 
 
+def test_tag_text_reproduces_the_trainers_test_predictions(run_dir, export_dir):
+    """The text-in signature on raw lines: the very tags of the trainer's final evaluation."""
+    trainer_sentences = read_conll((run_dir / "predictions_test.txt").read_text("utf-8"),
+                                   columns=(0, 2))
+    lines = ["".join(char for char, _ in s) for s in trainer_sentences]
+    tag_text = tf.saved_model.load(str(export_dir)).signatures[serving.TEXT_SIGNATURE_NAME]
+    outputs = {k: v.numpy() for k, v in tag_text(text=tf.constant(lines)).items()}
+    for row, sentence in enumerate(trainer_sentences):
+        tags = [tag.decode() for tag in outputs["tags"][row][:len(sentence)]]
+        assert tags == [tag for _, tag in sentence], f"sentence {row} differs"
+        entities = serving.extract_entities(tags)
+        assert outputs["num_entities"][row] == len(entities)
+        for k, (kind, start, end) in enumerate(entities):
+            assert (outputs["entity_type"][row][k].decode(), outputs["entity_start"][row][k],
+                    outputs["entity_end"][row][k]) == (kind, start, end)
+    assert sum(len(s) > MAX_SEQ_LENGTH - 2 for s in trainer_sentences) >= 3
+    assert outputs["num_entities"].sum() > 20
+    mixed_precision = json.loads((run_dir / "config.json").read_text())["mixed_precision"]
+    assert serving.read_export(export_dir).manifest["source"]["mixed_precision"] == \
+        mixed_precision
+
+
 def test_export_directory_is_complete_and_checked(run_dir, export_dir, tmp_path):
     manifest = json.loads((run_dir / "data_manifest.json").read_text())
     settings = serving.read_export(export_dir)
@@ -127,6 +150,7 @@ def test_export_directory_is_complete_and_checked(run_dir, export_dir, tmp_path)
     assert meta["source"]["checkpoint_kind"] == "best"
     assert meta["tokenizer"]["fingerprint"] == info.fingerprint
     assert meta["model"]["head"] == "crf" and meta["signature"]["name"] == "serving_default"
+    assert meta["text_signature"]["name"] == serving.TEXT_SIGNATURE_NAME
     assert "saved_model.pb" in meta["sha256"] and "encoder/model.safetensors" in meta["sha256"]
 
     # A modified file is caught, naming it.
@@ -183,19 +207,30 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
     labelled = probs[batch["label_mask"] == 1]
     assert np.all((labelled > 0) & (labelled <= 1.0 + 1e-6))
 
-    # save_pretrained: transformers reads the fine-tuned encoder back (safetensors here, h5 too).
+    # save_pretrained: transformers reads the fine-tuned encoder back (safetensors here, h5 too)
+    # with every trained weight, bit for bit. (Weights, not outputs: the run may compute in
+    # bfloat16, a reloaded transformers model computes in float32.)
     from transformers import TFAutoModel
 
+    def layer_path(weight):  # ".../tf_bert_model_1/bert/encoder/..." -> "bert/encoder/..."
+        return "bert/" + weight.name.split("/bert/", 1)[1]
+
+    trained = {layer_path(w): w.numpy() for w in model.encoder.transformer.weights}
     ids = tf.constant(batch["input_ids"][:2])
     mask = tf.constant(batch["attention_mask"][:2])
-    expected = model.encoder.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
     h5_dir = tmp_path / "h5"
     export._save_pretrained(model, h5_dir, "h5", None)
     assert (h5_dir / "tf_model.h5").is_file()
+    hidden = []
     for directory in (export_dir / export.ENCODER_DIR, h5_dir):
         reloaded = TFAutoModel.from_pretrained(str(directory))
-        hidden = reloaded(input_ids=ids, attention_mask=mask).last_hidden_state
-        np.testing.assert_allclose(hidden.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+        hidden.append(reloaded(input_ids=ids, attention_mask=mask).last_hidden_state.numpy())
+        weights = {layer_path(w): w.numpy() for w in reloaded.weights}
+        # The tagger has no pooler; transformers initialises one afresh (and says so).
+        assert {n for n in weights if not n.startswith("bert/pooler/")} == trained.keys()
+        for name, value in trained.items():
+            np.testing.assert_array_equal(weights[name], value, err_msg=name)
+    np.testing.assert_array_equal(hidden[0], hidden[1])
 
 
 def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_path, capsys):

@@ -9,6 +9,12 @@ or `tf.saved_model.load` from any Python with TensorFlow): a SavedModel whose si
 CRF Viterbi decoding inside the graph, plus the label map, the tokenizer exactly as preprocessing
 used it, the windowing settings and export.json (see `trainer.serving` for the layout).
 
+A character model's SavedModel also has the signature "tag_text": raw UTF-8 lines in, entities
+with character offsets out, tokenization (a per-code-point piece table built here with the real
+tokenizer), windows, merging and entity extraction all inside the graph, so TF Serving or any
+TensorFlow runtime can serve text without this project (see "The text-in signature" below).
+Word-level models do not get it (it would need tensorflow-text); export.json says why.
+
 The model is rebuilt from the run directory (config.json, data_manifest.json) with the same
 mixed precision policy as in training, and its weights are restored from the checkpoint, so the
 export tags exactly as the trainer's evaluation did. A pretrained encoder is rebuilt from its
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -248,6 +255,36 @@ def build_model(run: RunInfo, checkpoint_prefix: str):
 # ------------------------------------------------------------------------------------------------
 
 
+def tag_windows(model, input_ids, attention_mask, label_mask):
+    """Runs a tagger over windows and decodes them (CRF Viterbi inside the graph).
+
+    Args:
+      model: a built Tagger (models/ API).
+      input_ids, attention_mask, label_mask: int32 [B, T].
+
+    Returns:
+      {"tag_ids" int32 [B, T], "scores" float32 [B], "tag_probs" float32 [B, T]}, tags and
+      probabilities 0 outside label_mask (see `trainer.serving.SIGNATURE`).
+    """
+    import tensorflow as tf
+
+    logits = model(dict(input_ids=input_ids, attention_mask=attention_mask),
+                   training=False)  # float32 [B, T, K]
+    mask = tf.cast(label_mask, tf.bool)
+    tag_ids, scores = model.decode(logits, mask)
+    if model.config.head == "crf":
+        # Marginals p(y_t = k | x) = d log Z / d logits[t, k] (forward-backward by autodiff).
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            log_norm = model.crf.log_norm(logits, mask)
+        probs = tape.gradient(log_norm, logits)  # [B, T, K]
+    else:
+        probs = tf.nn.softmax(logits, axis=-1)
+    chosen = tf.gather(probs, tag_ids, batch_dims=2)  # [B, T]
+    return {"tag_ids": tf.cast(tag_ids, tf.int32), "scores": tf.cast(scores, tf.float32),
+            "tag_probs": tf.where(mask, tf.cast(chosen, tf.float32), 0.0)}
+
+
 def serving_function(model):
     """The serving tf.function of a tagger (see `trainer.serving.SIGNATURE`).
 
@@ -260,30 +297,376 @@ def serving_function(model):
     """
     import tensorflow as tf
 
-    crf = model.config.head == "crf"
-
     @tf.function(autograph=False, input_signature=[
         tf.TensorSpec([None, None], tf.int32, name="input_ids"),
         tf.TensorSpec([None, None], tf.int32, name="attention_mask"),
         tf.TensorSpec([None, None], tf.int32, name="label_mask")])
     def serve(input_ids, attention_mask, label_mask):
-        logits = model(dict(input_ids=input_ids, attention_mask=attention_mask),
-                       training=False)  # float32 [B, T, K]
-        mask = tf.cast(label_mask, tf.bool)
-        tag_ids, scores = model.decode(logits, mask)
-        if crf:
-            # Marginals p(y_t = k | x) = d log Z / d logits[t, k] (forward-backward by autodiff).
-            with tf.GradientTape() as tape:
-                tape.watch(logits)
-                log_norm = model.crf.log_norm(logits, mask)
-            probs = tape.gradient(log_norm, logits)  # [B, T, K]
-        else:
-            probs = tf.nn.softmax(logits, axis=-1)
-        chosen = tf.gather(probs, tag_ids, batch_dims=2)  # [B, T]
-        return {"tag_ids": tf.cast(tag_ids, tf.int32), "scores": tf.cast(scores, tf.float32),
-                "tag_probs": tf.where(mask, tf.cast(chosen, tf.float32), 0.0)}
+        return tag_windows(model, input_ids, attention_mask, label_mask)
 
     return serve
+
+
+# ------------------------------------------------------------------------------------------------
+# The text-in signature (character models)
+# ------------------------------------------------------------------------------------------------
+#
+# "tag_text" does in the graph what `trainer.serving.Predictor` does in Python, step for step:
+#
+#   b"北京 欢迎你"  -unicode_decode->  北 京 ␠ 欢 迎 你        (invalid bytes -> U+FFFD, as Python)
+#                 -drop separators->  tokens at offsets 0 1 3 4 5   (spaces, tabs, line ends)
+#                 -piece table----->  piece ids per token: what TokenEncoder gives each
+#                                     character alone (normaliser included); none -> unknown id
+#                 -plan_windows---->  windows of <= budget pieces overlapping <= stride pieces
+#                 -model------------>  tag ids and probabilities per window (batched by length)
+#                 -merge------------>  each token from the window where it has most context
+#                 -IOB2 entities---->  start/end as character offsets into the line as given
+#
+# The piece table is computed at export time by running the real tokenizer on every code point
+# (U+0000..U+10FFFF) exactly as preprocessing tokenizes a character, and stored run-length
+# encoded: consecutive code points with the same pieces share an entry (unassigned and private-use
+# blocks, the unknown id's long runs), looked up with searchsorted.
+
+TEXT_WINDOW_BATCH = 32  # windows per model call inside tag_text (Predictor's default batch_size)
+_CODE_POINTS = 0x110000
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceTable:
+    """Every code point's piece ids, as preprocessing tokenizes it as a one-character token.
+
+    Entry k covers the code points starts[k] .. starts[k + 1] - 1 (the last one up to U+10FFFF);
+    all of them have the same pieces:
+
+        starts     0 .. 19968 (中 is U+4E2D) ..        one entry per run of equal pieces
+        pieces     [unk] [unk] .. [704] [705] ..
+
+    Attributes:
+      starts: int32 [K] increasing, starts[0] = 0.
+      row_splits: int64 [K + 1]; entry k's pieces are piece_ids[row_splits[k]:row_splits[k + 1]]
+        (at least one).
+      piece_ids: int32 [total pieces].
+      pieceless: bool [K]; the tokenizer gives these characters no piece (its normaliser removes
+        them); they are tagged from one [unk] piece, and a line of only such characters is not
+        tagged (TokenEncoder).
+      unknown: bool [K]; the pieces are exactly [unk] (LineEncoder's `unknown`).
+    """
+
+    starts: Any
+    row_splits: Any
+    piece_ids: Any
+    pieceless: Any
+    unknown: Any
+
+    def pieces(self, char: str) -> list[int]:
+        """The piece ids of one character (for tests and debugging)."""
+        import numpy as np
+
+        k = int(np.searchsorted(self.starts, ord(char), side="right")) - 1
+        return self.piece_ids[self.row_splits[k]:self.row_splits[k + 1]].tolist()
+
+
+@functools.lru_cache(maxsize=4)
+def piece_table(tokenizer_json: str, unk_token_id: int) -> PieceTable:
+    """Runs the backend tokenizer over every code point, one character per token.
+
+    Each character is encoded exactly as `data_pipeline.tokenization.TokenEncoder` encodes a
+    token (`encode_batch([[char]], is_pretokenized=True, add_special_tokens=False)`), so the
+    table holds what preprocessing gives every possible character. Takes ~10 s (cached per
+    tokenizer within a process). Surrogates (U+D800..U+DFFF) cannot be in decoded text; they
+    join the run before them.
+    """
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer_json)
+    code_points = [c for c in range(_CODE_POINTS) if not 0xD800 <= c <= 0xDFFF]
+    encodings = backend.encode_batch([[chr(c)] for c in code_points], is_pretokenized=True,
+                                     add_special_tokens=False)
+    starts, splits, values, pieceless = [], [0], [], []
+    previous = None
+    for code_point, encoding in zip(code_points, encodings):
+        ids = tuple(encoding.ids)
+        if ids == previous:
+            continue
+        previous = ids
+        starts.append(code_point)
+        pieceless.append(not ids)
+        values.extend(ids or [unk_token_id])
+        splits.append(len(values))
+    piece_ids = np.asarray(values, np.int32)
+    row_splits = np.asarray(splits, np.int64)
+    lengths = np.diff(row_splits)
+    unknown = (lengths == 1) & (piece_ids[row_splits[:-1]] == unk_token_id)
+    return PieceTable(np.asarray(starts, np.int32), row_splits, piece_ids,
+                      np.asarray(pieceless, bool), unknown)
+
+
+def text_signature_unavailable(tokenizer_json: str, input_format: str) -> str | None:
+    """Why a model cannot get the text-in signature, or None if it can."""
+    from tokenizers import Tokenizer
+
+    from data_pipeline.tokenization import TokenEncoder
+
+    if input_format != "char":
+        return ("word-level model (input_format=conll): splitting words into WordPiece or "
+                "SentencePiece pieces inside the graph needs tensorflow-text, which this project "
+                "does not depend on; tokenize with trainer.predict / trainer.serving and call "
+                "serving_default")
+    if not TokenEncoder(Tokenizer.from_str(tokenizer_json), 0).context_free:
+        return ("the tokenizer's pieces for a character depend on its position in the line "
+                "(Metaspace prepend_scheme=first), so no per-character table reproduces them")
+    return None
+
+
+def text_signature_function(model, table: PieceTable, *, label_map: list[str],
+                            prefix_ids: list[int], suffix_ids: list[int], pad_token_id: int,
+                            max_seq_length: int, stride: int,
+                            window_batch_size: int = TEXT_WINDOW_BATCH,
+                            max_line_chars: int = serving.MAX_LINE_CHARS):
+    """The text-in tf.function of a character tagger (see `trainer.serving.TEXT_SIGNATURE`).
+
+    Args:
+      model: a built Tagger (models/ API) of a character model.
+      table: `piece_table` of the tokenizer preprocessing used.
+      label_map: tag strings, index = tag id.
+      prefix_ids, suffix_ids, pad_token_id: from the tokenizer's TokenizerInfo.
+      max_seq_length, stride: the windowing settings the model was trained with.
+      window_batch_size: windows per model call (memory stays bounded for long lines).
+      max_line_chars: longer lines are not tagged (error says so).
+
+    Returns:
+      A tf.function (text: string [B]) -> dict of padded tensors, each with batch dimension B.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    budget = max_seq_length - len(prefix_ids) - len(suffix_ids)
+    if budget < 1:
+        raise ExportError(f"max_seq_length={max_seq_length} leaves no room for a piece beside "
+                          f"the special tokens")
+    num_tags = len(label_map)
+    kinds = [serving.kind_of(tag) for tag in label_map]
+    kind_names = sorted(set(kinds))
+    separators = np.asarray([ord(c) for c in serving.SEPARATORS], np.int32)
+    too_long = (f"more than max_line_chars={max_line_chars:,} characters; split it into "
+                f"several lines")
+
+    gather, segment_sum = tf.gather, tf.math.unsorted_segment_sum
+
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([None], tf.string, name="text")])
+    def tag_text(text):
+        run_starts = tf.constant(table.starts)
+        pieces_of = tf.RaggedTensor.from_row_splits(tf.constant(table.piece_ids),
+                                                    tf.constant(table.row_splits))
+        pieceless_of = tf.constant(table.pieceless)
+        unknown_of = tf.constant(table.unknown)
+        tag_names = tf.constant(list(label_map) + [""])  # index num_tags = not tagged
+        is_begin = tf.constant([tag.startswith("B") for tag in label_map])
+        is_inside = tf.constant([tag.startswith("I") for tag in label_map])
+        kind_id = tf.constant([kind_names.index(kind) for kind in kinds], tf.int32)
+        kind_strings = tf.constant(kind_names)
+        i64 = tf.int64
+
+        # Characters. Invalid UTF-8 is read as U+FFFD exactly as Python's errors="replace".
+        chars = tf.strings.unicode_decode(text, "UTF-8", errors="replace",
+                                          replacement_char=0xFFFD)  # int32 [B, (C)]
+        num_lines = tf.shape(text, out_type=i64)[0]
+        num_chars = chars.row_lengths()                   # [B]
+        code_points = chars.flat_values                   # [sum C]
+        char_line = chars.value_rowids()                  # [sum C]
+        char_offset = (tf.range(tf.size(code_points, out_type=i64))
+                       - gather(chars.row_splits, char_line))  # offset in its line
+        is_token = tf.reduce_all(code_points[:, None] != separators[None, :], axis=1)
+        entry = tf.searchsorted(run_starts, code_points, side="right", out_type=i64) - 1
+
+        # Lines that are not tagged, with trainer.predict's reasons.
+        tokens_in_line = segment_sum(tf.cast(is_token, i64), char_line, num_lines)
+        real_in_line = segment_sum(tf.cast(is_token & ~gather(pieceless_of, entry), i64),
+                                   char_line, num_lines)
+        long_line = num_chars > max_line_chars
+        error = tf.where(long_line, too_long, tf.where(
+            tokens_in_line == 0, serving.EMPTY_LINE,
+            tf.where(real_in_line == 0, serving.NORMALISED_AWAY, "")))
+        tagged = is_token & gather(~long_line & (real_in_line > 0), char_line)
+
+        # Tokens of the lines to tag, line by line: N of them.
+        token_char = tf.where(tagged)[:, 0]                          # [N] index into chars
+        token_line = gather(char_line, token_char)                   # [N]
+        token_entry = gather(entry, token_char)                      # [N]
+        num_tokens = tf.size(token_char, out_type=i64)
+        line_tokens = segment_sum(tf.ones_like(token_line), token_line, num_lines)  # [B]
+        line_first = tf.cumsum(line_tokens, exclusive=True)          # [B] first token of a line
+        token_index = tf.range(num_tokens) - gather(line_first, token_line)  # in its line
+        # A token of more than `budget` pieces is cut to fit, as window_records does.
+        pieces = gather(pieces_of, token_entry)[:, :budget]          # [N, (k)]
+        cum = tf.concat([tf.zeros([1], i64), tf.cumsum(pieces.row_lengths())], 0)  # [N + 1]
+
+        # plan_windows for every line at once: one window per line and iteration. With cum
+        # strictly increasing (a token has >= 1 piece), the greedy loops of plan_windows are
+        # searches: end = the most tokens from start whose pieces fit the budget (at least
+        # one), next start = the first token after start from which the pieces up to end fit
+        # the stride.
+        def at(local):  # cum at a line-local token index, for every line
+            return gather(cum, tf.minimum(line_first + local, num_tokens))
+
+        def plan(start, active, lines_out, starts_out, ends_out, step):
+            end = tf.searchsorted(cum, at(start) + budget, side="right", out_type=i64) - 1
+            end = tf.maximum(tf.minimum(end - line_first, line_tokens), start + 1)
+            following = tf.searchsorted(cum, at(end) - stride, side="left", out_type=i64)
+            following = tf.maximum(following - line_first, start + 1)
+            rows = tf.where(active)[:, 0]
+            return (following, active & (end < line_tokens), lines_out.write(step, rows),
+                    starts_out.write(step, gather(start, rows)),
+                    ends_out.write(step, gather(end, rows)), step + 1)
+
+        def vectors():
+            return tf.TensorArray(i64, size=0, dynamic_size=True, infer_shape=False,
+                                  element_shape=tf.TensorShape([None]))
+
+        _, _, lines_out, starts_out, ends_out, _ = tf.while_loop(
+            lambda start, active, *_: tf.reduce_any(active), plan,
+            [tf.zeros_like(line_tokens), line_tokens > 0, vectors(), vectors(), vectors(),
+             tf.constant(0)])
+        # Line by line, each line's windows in order: the order trainer.serving sees them in.
+        order = tf.argsort(lines_out.concat(), stable=True)
+        window_line = gather(lines_out.concat(), order)              # [W]
+        window_start = gather(starts_out.concat(), order)            # [W] line-local tokens
+        window_end = gather(ends_out.concat(), order)                # [W]
+        num_windows = tf.size(window_line)
+
+        # Window inputs: [prefix] pieces [suffix]; char_index = line-local token at a token's
+        # first piece, -1 elsewhere (window_records).
+        first_of_line = gather(line_first, window_line)
+        piece_range = tf.ragged.range(gather(cum, first_of_line + window_start),
+                                      gather(cum, first_of_line + window_end))  # [W, (len)]
+        piece_token = pieces.value_rowids()                          # [P] token of a piece
+        piece_first = tf.range(tf.size(piece_token, out_type=i64)) == gather(
+            pieces.row_splits, piece_token)
+        piece_index = tf.where(piece_first, gather(token_index, piece_token), -1)
+
+        def framed(values, head, tail):  # [W, (len)] -> [W, (len + specials)]
+            rows = tf.stack([num_windows, 1])
+            return tf.concat([
+                tf.RaggedTensor.from_tensor(tf.tile(tf.constant([head], i64), rows)),
+                values,
+                tf.RaggedTensor.from_tensor(tf.tile(tf.constant([tail], i64), rows))], axis=1)
+
+        window_ids = framed(gather(tf.cast(pieces.flat_values, i64), piece_range),
+                            prefix_ids, suffix_ids)
+        window_chars = framed(gather(piece_index, piece_range), [-1] * len(prefix_ids),
+                              [-1] * len(suffix_ids))
+        input_ids = tf.cast(window_ids.to_tensor(default_value=pad_token_id), tf.int32)  # [W, T]
+        char_index = window_chars.to_tensor(default_value=-1)                # [W, T]
+        lengths = window_ids.row_lengths()                                   # [W]
+        width = tf.shape(input_ids)[1]
+
+        # The model over windows of similar length, window_batch_size at a time (the batches
+        # trainer.serving.Predictor makes for up to 256 lines).
+        by_length = tf.argsort(lengths, stable=True)
+        num_batches = (num_windows + window_batch_size - 1) // window_batch_size
+
+        def run(step, tags, probs):
+            rows = by_length[step * window_batch_size:(step + 1) * window_batch_size]
+            size = tf.cast(tf.reduce_max(gather(lengths, rows)), tf.int32)
+            out = tag_windows(
+                model, gather(input_ids, rows)[:, :size],
+                tf.sequence_mask(tf.cast(gather(lengths, rows), tf.int32), size, tf.int32),
+                tf.cast(gather(char_index, rows)[:, :size] >= 0, tf.int32))
+            pad = [[0, 0], [0, width - size]]
+            return (step + 1, tags.write(step + 1, tf.pad(out["tag_ids"], pad)),
+                    probs.write(step + 1, tf.pad(out["tag_probs"], pad)))
+
+        def matrices(dtype):  # element 0 is [0, T], so concat works for no windows too
+            array = tf.TensorArray(dtype, size=1, dynamic_size=True, infer_shape=False,
+                                   element_shape=tf.TensorShape([None, None]))
+            return array.write(0, tf.zeros([0, width], dtype))
+
+        _, tags, probs = tf.while_loop(lambda step, *_: step < num_batches, run,
+                                       [tf.constant(0), matrices(tf.int32),
+                                        matrices(tf.float32)])
+        restore = tf.math.invert_permutation(by_length)
+        window_tags = gather(tags.concat(), restore)                 # [W, T]
+        window_probs = gather(probs.concat(), restore)               # [W, T]
+
+        # merge_window_predictions: a token takes the window where it has the most context,
+        # min(distance to the window's start, to its end), where an end that is the line's
+        # end does not count (n, more than any distance); ties go to the earlier window.
+        labelled = tf.where(char_index >= 0)                         # [M, 2]
+        window = labelled[:, 0]
+        local = tf.gather_nd(char_index, labelled)
+        start, end = gather(window_start, window), gather(window_end, window)
+        length = gather(line_tokens, gather(window_line, window))
+        context = tf.minimum(tf.where(start > 0, local - start, length),
+                             tf.where(end < length, end - 1 - local, length))
+        rank = context * (length + 1) + (length - start)
+        token = gather(first_of_line, window) + local                # [M] global token
+        best = tf.math.unsorted_segment_max(rank, token, num_tokens)
+        wins = rank == gather(best, token)
+        token_tag = segment_sum(tf.where(wins, tf.gather_nd(window_tags, labelled), 0), token,
+                                num_tokens)                          # [N]
+        token_prob = segment_sum(tf.where(wins, tf.gather_nd(window_probs, labelled), 0.0),
+                                 token, num_tokens)                  # [N]
+
+        # Per-character outputs.
+        total_chars = tf.size(code_points, out_type=i64)
+        char_tag = tf.tensor_scatter_nd_update(tf.fill([total_chars], num_tags),
+                                               token_char[:, None], token_tag)
+        char_prob = tf.tensor_scatter_nd_update(tf.zeros([total_chars]), token_char[:, None],
+                                                token_prob)
+        tags_out = tf.RaggedTensor.from_row_splits(gather(tag_names, char_tag),
+                                                   chars.row_splits).to_tensor(default_value="")
+        probs_out = tf.RaggedTensor.from_row_splits(char_prob, chars.row_splits).to_tensor()
+
+        # Entities, strict IOB2 (trainer.serving.extract_entities): a token continues the
+        # entity of the token before it if it is an I- of the same type after a B- or I-. Runs
+        # of continuing tokens start at a head; a run whose head is a B- is an entity.
+        previous = tf.roll(token_tag, 1, axis=0)
+        continues = ((token_index > 0) & gather(is_inside, token_tag)
+                     & (gather(kind_id, token_tag) == gather(kind_id, previous))
+                     & (gather(is_begin, previous) | gather(is_inside, previous)))
+        run_of = tf.cumsum(tf.cast(~continues, i64)) - 1             # [N]
+        heads = tf.where(~continues)[:, 0]                           # [R]
+        num_runs = tf.size(heads, out_type=i64)
+        run_length = segment_sum(tf.ones_like(run_of), run_of, num_runs)
+        run_prob = segment_sum(tf.cast(token_prob, tf.float64), run_of, num_runs)
+        is_entity = gather(is_begin, gather(token_tag, heads))
+        first = tf.boolean_mask(heads, is_entity)                    # [E] first token
+        count = tf.boolean_mask(run_length, is_entity)
+        score = tf.cast(tf.boolean_mask(run_prob, is_entity) / tf.cast(count, tf.float64),
+                        tf.float32)
+        entity_line = gather(token_line, first)
+        entity_start = gather(char_offset, gather(token_char, first))
+        entity_end = gather(char_offset, gather(token_char, first + count - 1)) + 1
+        entity_type = gather(kind_strings, gather(kind_id, gather(token_tag, first)))
+        line_start = gather(chars.row_splits, entity_line)
+        entity_text = tf.strings.unicode_encode(
+            gather(code_points, tf.ragged.range(line_start + entity_start,
+                                                line_start + entity_end)), "UTF-8")
+
+        def per_line(values, default):
+            return tf.RaggedTensor.from_value_rowids(values, entity_line, nrows=num_lines
+                                                     ).to_tensor(default_value=default)
+
+        num_unknown = segment_sum(tf.cast(gather(unknown_of, token_entry), tf.int32),
+                                  token_line, num_lines)
+        return {
+            "num_chars": tf.cast(num_chars, tf.int32),
+            "tags": tags_out,
+            "tag_probs": probs_out,
+            "num_entities": tf.cast(segment_sum(tf.ones_like(entity_line), entity_line,
+                                                num_lines), tf.int32),
+            "entity_start": tf.cast(per_line(entity_start, -1), tf.int32),
+            "entity_end": tf.cast(per_line(entity_end, -1), tf.int32),
+            "entity_type": per_line(entity_type, ""),
+            "entity_text": per_line(entity_text, ""),
+            "entity_score": per_line(score, 0.0),
+            "num_unknown": num_unknown,
+            "error": error,
+        }
+
+    return tag_text
 
 
 def _write_json(path: pathlib.Path, payload) -> None:
@@ -352,8 +735,22 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
         # every Keras layer's call functions: the serving function is the whole graph.
         module.model_variables = list(model.variables)
         module.serve = serving_function(model)
-        tf.saved_model.save(module, str(staging),
-                            signatures={serving.SIGNATURE_NAME: module.serve})
+        signatures = {serving.SIGNATURE_NAME: module.serve}
+        unavailable = text_signature_unavailable(tokenizer_json, input_format)
+        if unavailable is None:
+            module.tag_text = text_signature_function(
+                model, piece_table(tokenizer_json, int(tokenizer_info["unk_token_id"])),
+                label_map=list(label_map), prefix_ids=list(tokenizer_info["prefix_ids"]),
+                suffix_ids=list(tokenizer_info["suffix_ids"]),
+                pad_token_id=int(tokenizer_info["pad_token_id"]),
+                max_seq_length=int(max_seq_length), stride=int(stride))
+            signatures[serving.TEXT_SIGNATURE_NAME] = module.tag_text
+            text_signature = {"name": serving.TEXT_SIGNATURE_NAME, **serving.TEXT_SIGNATURE,
+                              "max_line_chars": serving.MAX_LINE_CHARS,
+                              "window_batch_size": TEXT_WINDOW_BATCH}
+        else:
+            text_signature = {"name": None, "unavailable": unavailable}
+        tf.saved_model.save(module, str(staging), signatures=signatures)
         _write_json(staging / serving.LABEL_MAP_FILE, list(label_map))
         (staging / serving.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         _write_json(staging / serving.TOKENIZER_INFO_FILE, tokenizer_info)
@@ -381,6 +778,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
             "tokenizer": {k: tokenizer_info.get(k) for k in ("name", "fingerprint",
                                                              "word_boundary_marker")},
             "signature": {"name": serving.SIGNATURE_NAME, **serving.SIGNATURE},
+            "text_signature": text_signature,
             "encoder_pretrained": pretrained,
             "versions": _versions(),
             "sha256": checksums,

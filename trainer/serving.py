@@ -8,7 +8,9 @@ configuration, so serving needs neither the training stack nor the run directory
 
 An export directory (written by `trainer.export`) holds:
 
-    saved_model.pb, variables/   SavedModel, signature "serving_default" (see SIGNATURE)
+    saved_model.pb, variables/   SavedModel, signature "serving_default" (see SIGNATURE); for
+                                 character models also "tag_text" (TEXT_SIGNATURE), text in,
+                                 entities out, the steps below all inside the graph
     label_map.json               ["O", "B-LOC", "I-LOC", ...], index = tag id
     tokenizer.json               the backend tokenizer exactly as preprocessing used it (with
                                  the SentencePiece `▁` marker setting applied)
@@ -63,10 +65,39 @@ SIGNATURE = {
                 "tag_probs": "float32 [batch, seq_len], probability of the decoded tag at each "
                              "position (CRF: marginal), 0 outside label_mask"},
 }
+# The text-in signature (character models): raw UTF-8 lines -> entities, all inside the graph.
+# Padded outputs, so that TF Serving's row format ("instances" / "predictions") can carry them.
+TEXT_SIGNATURE_NAME = "tag_text"
+TEXT_SIGNATURE = {
+    "inputs": {"text": "string [batch], one UTF-8 line each (invalid bytes read as U+FFFD)"},
+    "outputs": {
+        "num_chars": "int32 [batch], characters (code points) in the line",
+        "tags": "string [batch, max_chars], the IOB2 tag of each character; '' for spaces, "
+                "tabs and line ends (never tagged), padding, and lines not tagged",
+        "tag_probs": "float32 [batch, max_chars], probability of each character's tag (CRF: "
+                     "marginal), 0 where tags is ''",
+        "num_entities": "int32 [batch]",
+        "entity_start": "int32 [batch, max_entities], character offset of the entity in the "
+                        "line; -1 padding",
+        "entity_end": "int32 [batch, max_entities], exclusive; -1 padding",
+        "entity_type": "string [batch, max_entities], e.g. 'LOC'; '' padding",
+        "entity_text": "string [batch, max_entities], line[start:end]; '' padding",
+        "entity_score": "float32 [batch, max_entities], mean tag probability over the "
+                        "entity's characters; 0 padding",
+        "num_unknown": "int32 [batch], characters tagged from the tokenizer's unknown token",
+        "error": "string [batch], why the line was not tagged (as trainer.predict says), "
+                 "'' when it was",
+    },
+}
+# Longer lines are not tagged (trainer.predict's default --max_line_chars).
+MAX_LINE_CHARS = 1_000_000
+EMPTY_LINE = "empty line, nothing to tag"
+NORMALISED_AWAY = ("the tokenizer's normaliser removes every character of it (control or "
+                   "zero-width characters?)")
 INPUT_FORMATS = ("char", "conll")
 # What the corpus reader splits columns on: these can never be tokens of a training sentence.
-_SEPARATORS = " \t\r\n\v\f"
-_WORD = re.compile(f"[^{re.escape(_SEPARATORS)}]+")
+SEPARATORS = " \t\r\n\v\f"
+_WORD = re.compile(f"[^{re.escape(SEPARATORS)}]+")
 
 
 class ExportError(ValueError):
@@ -188,10 +219,15 @@ def split_line(line: str, input_format: str) -> tuple[list[str], list[tuple[int,
       (tokens, spans): spans[j] = (start, end) character offsets of tokens[j] in `line`.
     """
     if input_format == "char":
-        spans = [(i, i + 1) for i, ch in enumerate(line) if ch not in _SEPARATORS]
+        spans = [(i, i + 1) for i, ch in enumerate(line) if ch not in SEPARATORS]
     else:
         spans = [match.span() for match in _WORD.finditer(line)]
     return [line[start:end] for start, end in spans], spans
+
+
+def kind_of(tag: str) -> str:
+    """The entity type of a B-/I- tag as seqeval reads it: "B-PER" -> "PER", "B" -> "_"."""
+    return tag[1:].strip("-") or "_"
 
 
 def extract_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -200,9 +236,6 @@ def extract_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     Exactly the entities of `trainer.evaluation.extract_entities` (seqeval, strict IOB2): a `B-T`
     followed by the longest run of `I-T`; an `I-` that continues nothing is dropped.
     """
-    def kind_of(tag: str) -> str:  # "B-PER" -> "PER", as seqeval reads it
-        return tag[1:].strip("-") or "_"
-
     entities = []
     i = 0
     while i < len(tags):
@@ -329,15 +362,14 @@ class LineEncoder:
                 line.error = (f"{len(text):,} characters, more than max_line_chars="
                               f"{self.max_line_chars:,}; split it into several lines")
             elif not tokens:
-                line.error = "empty line, nothing to tag"
+                line.error = EMPTY_LINE
             else:
                 todo.append(line)
             lines.append(line)
         for line, (ids, first_piece, _) in zip(
                 todo, self.encoder.encode([line.tokens for line in todo])):
             if not ids:
-                line.error = ("the tokenizer's normaliser removes every character of it "
-                              "(control or zero-width characters?)")
+                line.error = NORMALISED_AWAY
                 continue
             bounds = first_piece + [len(ids)]
             line.unknown = [token for j, token in enumerate(line.tokens)
@@ -369,7 +401,7 @@ class Predictor:
     """
 
     def __init__(self, export_dir: str | os.PathLike, *, batch_size: int = 32,
-                 max_line_chars: int = 1_000_000, lines_per_chunk: int = 256):
+                 max_line_chars: int = MAX_LINE_CHARS, lines_per_chunk: int = 256):
         self.settings = read_export(export_dir)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
