@@ -290,8 +290,9 @@ def test_e5_export_tokenizes_lines_exactly_like_preprocessing(tmp_path, e5_dir, 
 @pytest.mark.slow
 def test_pretrained_e5_export_reproduces_people_daily_test(tmp_path, people_daily_dir, e5_dir):
     """People's Daily test through a frozen pretrained e5 + CRF run, then through its export in
-    a fresh process: the first 400 test sentences plus every sentence longer than one window
-    (all 4,636 take ~10 minutes on 2 cores and passed too when this test was written)."""
+    a fresh process and through its tag_text signature: the first 400 test sentences plus every
+    sentence longer than one window (all 4,636 take ~10 minutes on 2 cores and passed too when
+    this test was written)."""
     text = (people_daily_dir / "example.test").read_text(encoding="utf-8")
     blocks = [b for b in text.split("\n\n") if b.strip()]
     chosen = [b for i, b in enumerate(blocks) if i < 400 or b.count("\n") + 1 > 126]
@@ -303,6 +304,10 @@ def test_pretrained_e5_export_reproduces_people_daily_test(tmp_path, people_dail
     args = tt.tiny_args(paths, "", e5_dir, tmp_path / "run", max_seq_length=128, stride=32,
                         pretrained=e5_dir, encoder_config="", hidden_layers="last",
                         bilstm_layers=0, train_steps=2, steps_per_loop=2, log_every=2,
+                        # Exact reproduction needs the evaluation to see what the export sees:
+                        # float32 (in bf16 the padding of a batch moves tags) and the encoder
+                        # itself (the feature cache rounds its output to float16).
+                        mixed_precision="none", feature_cache=False,
                         checkpoint_every=2, head_learning_rate=1e-3, eval_batch_size=64,
                         data_cache_dir=tmp_path / "cache")
     train_and_evaluate(config_lib.parse_flags(args))
@@ -325,3 +330,11 @@ def test_pretrained_e5_export_reproduces_people_daily_test(tmp_path, people_dail
     assert sum(len(s) > 126 for s in trainer_sentences) >= 79
     differing = [i for i, (a, b) in enumerate(zip(trainer_sentences, predicted)) if a != b]
     assert not differing, f"{len(differing)} sentences differ, first {differing[:5]}"
+
+    # The text-in signature, all lines in one call: the same tags again.
+    lines = ["".join(char for char, _ in s) for s in trainer_sentences]
+    tag_text = tf.saved_model.load(str(directory)).signatures[serving.TEXT_SIGNATURE_NAME]
+    tags = tag_text(text=tf.constant(lines))["tags"].numpy()
+    differing = [i for i, s in enumerate(trainer_sentences)
+                 if [t.decode() for t in tags[i][:len(s)]] != [tag for _, tag in s]]
+    assert not differing, f"tag_text: {len(differing)} sentences differ, first {differing[:5]}"
