@@ -160,6 +160,34 @@ def test_bad_input_gets_a_defined_answer(export_dir, tag_text, people_daily_dir,
     assert huge["num_entities"].numpy()[0] == 0 and set(huge["tags"].numpy()[0]) == {b""}
 
 
+def test_small_windows_and_characters_of_many_pieces(tmp_path, e5_dir, people_daily_dir):
+    """Windows of 3 pieces overlapping by 1: characters of 3, 5 and 7 pieces (cut to the
+    budget, alone in their window) among one-piece characters, long lines of many windows."""
+    from models import TaggerConfig, build_tagger
+
+    backend, info = tokenization.prepare_tokenizer(e5_dir, word_boundary_marker="auto",
+                                                   input_format="char")
+    tf.keras.utils.set_random_seed(1)
+    model = build_tagger(TaggerConfig(encoder_config=dict(tt.TINY_BERT, vocab_size=info.vocab_size),
+                                      head="crf", label_map=PD_LABELS, dropout=0.0))
+    directory = export.export_model(model, tmp_path / "small", label_map=PD_LABELS,
+                                    tokenizer_json=backend.to_str(),
+                                    tokenizer_info=info.to_json(), max_seq_length=5, stride=1,
+                                    input_format="char")
+    lines = people_daily_lines(people_daily_dir)[:40]
+    lines += ["北京½上海㎯广州ﷺ深圳", "ﷺ", "½½ﷺ㎯ 北京", "中ﷺ"] + EXTRA_LINES
+    tag_text = tf.saved_model.load(str(directory)).signatures["tag_text"]
+    outputs = {k: v.numpy() for k, v in tag_text(text=tf.constant(lines)).items()}
+    ours = entities_by_line(outputs, len(lines))
+    theirs, _ = predict_cli(directory, lines, tmp_path)
+    assert_same_entities(ours, theirs)
+    assert sum(map(len, ours)) > 500
+    # Probabilities too: a character's pieces (cut or not) change them even where tags stay.
+    for row, prediction in enumerate(serving.Predictor(directory).predict_lines(lines)):
+        np.testing.assert_allclose([outputs["tag_probs"][row][a] for a, _ in prediction.spans],
+                                   prediction.tag_probs, atol=1e-6, err_msg=lines[row])
+
+
 BLOCK_PROJECT = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
