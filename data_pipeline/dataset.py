@@ -509,6 +509,20 @@ def _make_batch_finisher(fixed_length: int | None, static_batch: int | None,
     return finish
 
 
+def token_ids(manifest_path_or_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """Every input id the batches of `split` can contain: its records' ids and the pad id.
+
+    Returns:
+      int32 [K], sorted and unique.
+    """
+    manifest = load_manifest(manifest_path_or_dir)
+    seen = [np.asarray([int(manifest["tokenizer"].get("pad_token_id", 0))], np.int64)]
+    for batch in make_dataset(manifest_path_or_dir, split, batch_size=4096, shuffle=False,
+                              verify_checksums=False):
+        seen.append(np.unique(batch["input_ids"].numpy()))
+    return np.unique(np.concatenate(seen)).astype(np.int32)
+
+
 def padding_share(dataset) -> float:
     """Padding tokens / all tokens (sum of B * T) over one pass of a finite batch dataset.
 

@@ -203,6 +203,13 @@ class Tagger(tf.keras.Model):
                                f"once; ungrouped: {missing}")
         return groups
 
+    def token_embedding_variables(self) -> list[tf.Variable]:
+        """The trainable matrices indexed by input ids ([vocab, dim]: BERT's word embeddings, or
+        the embedding encoder's table). Only rows of ids that occur in the input ever get a
+        gradient, which lets the optimizer update just those rows (trainer/optimization.py)."""
+        return [v for v in self.encoder.trainable_variables
+                if "word_embeddings" in v.name or "embedding_encoder/" in v.name]
+
     def encoder_group_names(self) -> list[str]:
         """Names of the groups that belong to the encoder (not "layer_mix", which runs in
         `tag()` and trains even when the encoder is frozen)."""

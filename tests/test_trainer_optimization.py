@@ -75,3 +75,50 @@ def test_grouped_adamw_matches_reference_and_freezes_zero_rate_groups():
                                rtol=1e-5)
     assert frozen.numpy()[0] == 3.0
     assert plan.learning_rates() == pytest.approx({"head": 0.1})
+
+
+def test_compact_rows_sum_duplicates_into_the_chosen_rows():
+    rows = optimization.CompactRows([9, 3, 7, 3], vocab_size=10)
+    assert rows.rows.numpy().tolist() == [3, 7, 9]
+    gradient = tf.IndexedSlices(tf.constant([[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]),
+                                tf.constant([7, 3, 7]), tf.constant([10, 2]))
+    assert rows.compact(gradient).numpy().tolist() == [[2, 2], [5, 5], [0, 0]]
+    dense = tf.reshape(tf.range(20, dtype=tf.float32), [10, 2])
+    assert rows.compact(dense).numpy().tolist() == [[6, 7], [14, 15], [18, 19]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the train split"):
+        rows.compact(tf.IndexedSlices(tf.ones([1, 2]), tf.constant([4]), tf.constant([10, 2])))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_row_compact_adamw_equals_dense_adamw(weight_decay):
+    """Same updates as dense AdamW on the rows that get gradients; rows of ids never seen do not
+    move at all (dense AdamW would only weight-decay them)."""
+    seen = [1, 4, 5, 8]
+    config = make_config(encoder_learning_rate=1e-2, head_learning_rate=1e-2,
+                         weight_decay=weight_decay, clip_norm=0.5, warmup_steps=0)
+    initial = np.random.default_rng(0).normal(size=[10, 3]).astype(np.float32)
+    results = {}
+    for compact in (False, True):
+        table = tf.Variable(initial, name="word_embeddings/weight")
+        plan = optimization.build_optimization(
+            config, {"embeddings": [table]}, ["embeddings"], total_steps=10,
+            token_embeddings=[table], token_ids=seen if compact else None)
+        assert bool(plan.compact_rows) == compact
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            ids = rng.choice(seen, size=6)  # with repeats
+            gradient = tf.IndexedSlices(tf.constant(rng.normal(size=[6, 3]), tf.float32),
+                                        tf.constant(ids), tf.constant([10, 3]))
+            [dense] = plan.dense_gradients([gradient])
+            assert dense.shape == ([4, 3] if compact else [10, 3])
+            plan.optimizer.apply_gradients([(dense, table)], skip_gradients_aggregation=True)
+        results[compact] = table.numpy()
+        slots = [v for v in plan.optimizer.variables if v.shape.rank == 2]
+        assert all(v.shape == ([4, 3] if compact else [10, 3]) for v in slots)
+    np.testing.assert_allclose(results[True][seen], results[False][seen], rtol=1e-6, atol=1e-7)
+    unseen = [0, 2, 3, 6, 7, 9]
+    np.testing.assert_array_equal(results[True][unseen], initial[unseen])
+    if weight_decay:
+        assert not np.allclose(results[False][unseen], initial[unseen])
+    else:
+        np.testing.assert_array_equal(results[False][unseen], initial[unseen])

@@ -40,7 +40,7 @@ RUN_CONTROL_FIELDS = frozenset({
     "max_steps", "overwrite", "resume_mismatched", "progress_bar", "log_every", "steps_per_loop",
     "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "run_dir",
     "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy", "export",
-    "feature_cache",
+    "feature_cache", "eval_every_epochs", "early_stopping_patience",
 })
 
 
@@ -112,6 +112,8 @@ class TrainConfig:
     steps_per_loop: int = 20
     log_every: int = 20
     eval_every: int = 0
+    eval_every_epochs: float = 0.0
+    early_stopping_patience: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     eval_batch_size: int = 64
@@ -179,6 +181,7 @@ def validate(config: TrainConfig) -> None:
                  "embedding_dim", "checkpoint_every"):
         _at_least(config, name, 1)
     for name in ("train_steps", "max_steps", "eval_every", "warmup_steps", "bilstm_layers",
+                 "eval_every_epochs", "early_stopping_patience",
                  "num_cpu_devices", "head_learning_rate", "encoder_learning_rate", "weight_decay",
                  "clip_norm", "shuffle_buffer", "end_learning_rate_ratio", "seed"):
         _at_least(config, name, 0)
@@ -199,6 +202,12 @@ def validate(config: TrainConfig) -> None:
         _fail("adam_epsilon", config.adam_epsilon, "expected a positive number")
     if config.end_learning_rate_ratio > 1.0:
         _fail("end_learning_rate_ratio", config.end_learning_rate_ratio, "expected <= 1")
+    if config.early_stopping_patience and not (config.eval_every or config.eval_every_epochs):
+        raise ConfigError(f"--early_stopping_patience={config.early_stopping_patience} needs "
+                          "evaluations during training: set --eval_every_epochs or --eval_every")
+    if config.early_stopping_patience and config.strategy == "multi_worker":
+        raise ConfigError("--early_stopping_patience does not apply to --strategy=multi_worker "
+                          "(only the chief evaluates, so the workers could not stop together)")
     if config.warmup_steps and config.warmup_proportion:
         raise ConfigError("--warmup_steps and --warmup_proportion are both set: give one")
     if config.train_steps == 0 and config.epochs <= 0:
@@ -368,6 +377,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("log_every", 20, "Steps between TensorBoard training scalars.", **f)
     flags.DEFINE_integer("eval_every", 0, "Steps between dev evaluations; 0 = at the end "
                          "only.", **f)
+    flags.DEFINE_float("eval_every_epochs", 0.0, "Evaluate dev every this many epochs of the "
+                       "train split (e.g. 1: once per epoch, whatever the corpus size); "
+                       "replaces --eval_every when > 0.", **f)
+    flags.DEFINE_integer("early_stopping_patience", 0, "Stop when dev F1 has not improved for "
+                         "this many evaluations in a row (test then scores the best); 0 = train "
+                         "the whole schedule.", **f)
     flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.", **f)
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", **f)
     flags.DEFINE_integer("eval_batch_size", 64, "Evaluation batch size.", **f)

@@ -204,7 +204,7 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
     if progress:
         from trainer.progress import ProgressBar
 
-        bar = ProgressBar(total, description="feature cache")
+        bar = ProgressBar(total, description="feature cache", unit="window")
     done = 0
 
     def count(windows: int, *, built: bool = True) -> None:

@@ -183,9 +183,11 @@ class TrainStep:
             if plan.loss_scaling:
                 loss = plan.optimizer.get_scaled_loss(loss)
         self.watched_variable_names.update(v.name for v in tape.watched_variables())
-        gradients = tape.gradient(loss, variables)
-        gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, variables)]
-        return gradients, loss_sum
+        # Dense gradients: the norm of an IndexedSlices (embedding lookups) is the norm of its
+        # values, which over-counts repeated token ids, so clipping would differ from the dense
+        # (all-reduced) gradient of a multi-replica run. Token embedding matrices come back as
+        # [K, dim] over the train split's ids (optimization.CompactRows), the rest as dense.
+        return plan.dense_gradients(tape.gradient(loss, variables)), loss_sum
 
     def _replica_update(self, micro_batches: list[dict]):
         """One optimizer update on one replica (runs under `strategy.run`).
@@ -210,12 +212,7 @@ class TrainStep:
             if gradients is None:
                 gradients = batch_gradients
             else:
-                gradients = [tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
-                             for a, b in zip(gradients, batch_gradients)]
-        # Dense gradients: the norm of an IndexedSlices (embedding lookups) is the norm of its
-        # values, which over-counts repeated token ids, so clipping would differ from the dense
-        # (all-reduced) gradient of a multi-replica run. The Adam update is dense anyway.
-        gradients = [tf.convert_to_tensor(g) for g in gradients]
+                gradients = [a + b for a, b in zip(gradients, batch_gradients)]
         if self.strategy.num_replicas_in_sync > 1:
             gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
         if plan.loss_scaling:
@@ -296,14 +293,29 @@ class _Run:
         self.total_steps = config.train_steps or max(
             1, math.ceil(config.epochs * train_windows / per_update))
         self.stop_at = min(self.total_steps, config.max_steps or self.total_steps)
+        # Dev cadence in steps: --eval_every_epochs scales with the corpus, --eval_every not.
+        self.steps_per_epoch = max(1, math.ceil(train_windows / per_update))
+        self.eval_every = config.eval_every
+        if config.eval_every_epochs:
+            self.eval_every = max(1, round(config.eval_every_epochs * self.steps_per_epoch))
+        logging.info("schedule: %d steps (%d per epoch of %d windows), dev evaluation every %s",
+                     self.total_steps, self.steps_per_epoch, train_windows,
+                     f"{self.eval_every} steps" if self.eval_every else "run (at the end)")
 
+        token_ids = None
+        if config.encoder_learning_rate > 0 or config.embeddings_learning_rate:
+            # Trainable token embeddings update only the rows of ids training can see.
+            from data_pipeline.dataset import token_ids as split_token_ids
+
+            token_ids = split_token_ids(self.manifest_dir, "train")
         with self.strategy.scope():
             from models import build_tagger
 
             self.model = build_tagger(tagger_config(config, self.manifest))
             self.plan = optimization.build_optimization(
                 config, self.model.variable_groups(), list(self.model.encoder_group_names()),
-                self.total_steps)
+                self.total_steps, token_embeddings=self.model.token_embedding_variables(),
+                token_ids=token_ids)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.input_position = tf.Variable(
@@ -388,15 +400,33 @@ class _Run:
                                          result.predictions, tokens)
         return metrics
 
-    def _maybe_keep_best(self, step: int, metrics: dict) -> None:
+    def _load_best(self) -> None:
         if not hasattr(self, "_best_f1"):  # a resumed run competes with its earlier best
             best_json = self.run_dir / checkpointing.BEST_DIR / "best.json"
-            self._best_f1 = -1.0
+            self._best_f1, self._best_step = -1.0, 0
             if best_json.is_file():
-                self._best_f1 = json.loads(best_json.read_text())["f1"]
+                best = json.loads(best_json.read_text())
+                self._best_f1, self._best_step = best["f1"], int(best.get("step", 0))
+
+    def _maybe_keep_best(self, step: int, metrics: dict) -> None:
+        self._load_best()
         if metrics["f1"] > self._best_f1:
-            self._best_f1 = metrics["f1"]
+            self._best_f1, self._best_step = metrics["f1"], step
             self.checkpointer.save_best(step, metrics)
+
+    def _patience_exhausted(self, step: int) -> bool:
+        """True when the last `early_stopping_patience` evaluations did not improve dev F1.
+
+        Counted from the best checkpoint's step, so a resumed run keeps counting where it was.
+        (Only the chief evaluates; config validation refuses early stopping with multi_worker.)
+        """
+        patience = self.config.early_stopping_patience
+        if not patience or not self.eval_every:
+            return False
+        self._load_best()
+        if self._best_f1 < 0:  # no evaluation yet
+            return False
+        return (step - self._best_step) // self.eval_every >= patience
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -405,6 +435,9 @@ class _Run:
         config = self.config
         step = int(self.step.numpy())
         if step >= self.stop_at:
+            return True
+        if self._patience_exhausted(step):  # resumed after it had stopped early
+            self.early_stopped_at = step
             return True
         iterator = iter(self.train_dataset())
         if self.chief and config.progress_bar:
@@ -416,8 +449,8 @@ class _Run:
             boundaries = [self.stop_at, step + config.steps_per_loop,
                           _next_boundary(step, config.log_every),
                           _next_boundary(step, config.checkpoint_every)]
-            if config.eval_every:
-                boundaries.append(_next_boundary(step, config.eval_every))
+            if self.eval_every:
+                boundaries.append(_next_boundary(step, self.eval_every))
             num_steps = min(boundaries) - step
             started = time.time()
             totals, norms = self.train_step.run(iterator, tf.constant(num_steps, tf.int32))
@@ -430,11 +463,19 @@ class _Run:
                 self.progress.update(step, loss=loss, tokens_per_s=tokens_per_s)
             if step % config.log_every == 0 or step == self.stop_at:
                 self._log_train(log_path, step, loss, norms, totals, elapsed)
-            if config.eval_every and step % config.eval_every == 0 and step < self.stop_at:
+            early_stop = False
+            if self.eval_every and step % self.eval_every == 0 and step < self.stop_at:
                 if self.chief:
                     self._maybe_keep_best(step, self.evaluate("dev", step))
-            if step % config.checkpoint_every == 0:
+                early_stop = self._patience_exhausted(step)
+            if step % config.checkpoint_every == 0 or early_stop:
                 self.checkpointer.save()
+            if early_stop:
+                logging.info("early stopping at step %d: dev F1 has not improved on %.4f (step "
+                             "%d) for %d evaluations", step, self._best_f1, self._best_step,
+                             config.early_stopping_patience)
+                self.early_stopped_at = step
+                return True
             if stop.requested:
                 logging.warning("signal %s: saving a checkpoint at step %d and stopping",
                                 stop.signal_number, step)
@@ -464,6 +505,8 @@ class _Run:
     def finish(self) -> dict[str, Any]:
         step = int(self.step.numpy())
         results: dict[str, Any] = {"step": step, "total_steps": self.total_steps}
+        if getattr(self, "early_stopped_at", None) is not None:
+            results["early_stopped_at"] = self.early_stopped_at
         if self.chief:
             dev = self.evaluate("dev", step, write_predictions=True)
             self._maybe_keep_best(step, dev)

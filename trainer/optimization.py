@@ -18,6 +18,17 @@ group is frozen the loop runs the encoder outside the tape in inference mode.
 
 One optimizer (`GroupedAdamW`) updates every trainable group, so one dynamic loss scale (fp16)
 covers all groups and one global-norm clip sees all gradients.
+
+Row-compact embedding updates. A token embedding matrix (BERT's word embeddings: 250,037 x 384
+for multilingual-e5-small) gets a gradient only in the rows of ids that occur in a batch, and a
+row that never occurred has m = v = 0, so dense Adam leaves it where it is. Updating the whole
+matrix anyway (plus its m and v) cost more than the rest of a fine-tuning step on 2 CPU cores.
+So for each such matrix the plan takes the ids that occur in the train split (`rows`, K of them,
+about 5,000 for People's Daily), keeps m and v for those rows only ([K, dim]), turns each
+gradient (an IndexedSlices) into a dense [K, dim] one (duplicates summed, so its norm and
+clipping are those of the dense gradient), and updates those K rows. The result equals dense
+AdamW except that rows of ids absent from the train split are not weight-decayed (they get no
+gradient, so they do not train either way).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import dataclasses
 import math
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from trainer.config import TrainConfig
@@ -127,13 +139,17 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
     def __init__(self, variable_groups: dict[str, list[tf.Variable]],
                  schedules: dict[str, WarmupDecaySchedule], *, weight_decay: float,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-6,
-                 global_clipnorm: float | None = None, name: str = "GroupedAdamW"):
+                 global_clipnorm: float | None = None, name: str = "GroupedAdamW",
+                 compact_rows: list[tuple[tf.Variable, tf.Tensor]] = ()):
+        """compact_rows: (variable, int32 [K] sorted row ids) pairs: those variables get
+        [K, ...] slots and [K, ...] gradients (see `CompactRows`); only these rows update."""
         super().__init__(name=name, global_clipnorm=global_clipnorm or None, jit_compile=False)
         # The base class needs a learning rate; the real ones come from `schedules`.
         self._learning_rate = self._build_learning_rate(0.0)
         self.schedules = dict(schedules)
         self.decoupled_weight_decay = float(weight_decay)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self._compact_rows = {self._var_key(v): rows for v, rows in compact_rows}
         self._group_of = {}
         self._decays = {}
         for group, variables in variable_groups.items():
@@ -147,8 +163,16 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
         if hasattr(self, "_built") and self._built:
             return
         self._built = True
-        self._momentums = [self.add_variable_from_reference(v, "m") for v in var_list]
-        self._velocities = [self.add_variable_from_reference(v, "v") for v in var_list]
+        self._momentums, self._velocities = [], []
+        for variable in var_list:
+            rows = self._compact_rows.get(self._var_key(variable))
+            if rows is None:
+                self._momentums.append(self.add_variable_from_reference(variable, "m"))
+                self._velocities.append(self.add_variable_from_reference(variable, "v"))
+                continue
+            shape = [int(rows.shape[0])] + variable.shape.as_list()[1:]  # [K, dim]
+            for slots, slot in ((self._momentums, "m"), (self._velocities, "v")):
+                slots.append(self.add_variable_from_reference(variable, slot, shape=shape))
 
     def learning_rate_of(self, group: str):
         """float32 scalar: the current learning rate of `group`."""
@@ -167,6 +191,14 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
         m.assign_add((gradient - m) * (1 - beta_1))
         v.assign_add((tf.square(gradient) - v) * (1 - beta_2))
         alpha = lr * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))
+        rows = self._compact_rows.get(key)
+        if rows is not None:  # gradient, m, v: [K, dim] for `rows` of the variable
+            values = tf.gather(variable, rows)
+            if self._decays[key]:
+                values -= values * (lr * self.decoupled_weight_decay)
+            values -= alpha * m / (tf.sqrt(v) + self.epsilon)
+            variable.scatter_update(tf.IndexedSlices(values, rows))
+            return
         if self._decays[key]:
             variable.assign_sub(variable * (lr * self.decoupled_weight_decay))
         variable.assign_sub(alpha * m / (tf.sqrt(v) + self.epsilon))
@@ -176,6 +208,34 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
         config.update(weight_decay=self.decoupled_weight_decay, beta_1=self.beta_1,
                       beta_2=self.beta_2, epsilon=self.epsilon)
         return config
+
+
+class CompactRows:
+    """Gradients of a token embedding matrix as dense [K, dim] tensors over K fixed rows.
+
+    Example: rows [3, 7, 9] of a [10, 2] matrix; an IndexedSlices gradient with indices [7, 3, 7]
+    and values [[1, 1], [2, 2], [4, 4]] becomes [[2, 2], [5, 5], [0, 0]] (rows 3, 7, 9).
+    """
+
+    def __init__(self, rows, vocab_size: int):
+        """rows: sorted unique ids (ints) < vocab_size."""
+        rows = np.asarray(sorted(set(int(r) for r in rows)), np.int32)
+        position = np.full([vocab_size], -1, np.int32)
+        position[rows] = np.arange(len(rows), dtype=np.int32)
+        self.rows = tf.constant(rows)  # int32 [K]
+        self._position = tf.constant(position)  # int32 [vocab]: row -> k, or -1
+
+    def compact(self, gradient) -> tf.Tensor:
+        """IndexedSlices (or dense [vocab, dim]) gradient -> dense [K, dim]."""
+        if isinstance(gradient, tf.IndexedSlices):
+            positions = tf.gather(self._position, gradient.indices)
+            check = tf.debugging.assert_non_negative(
+                positions, message="an input id outside the train split's ids got a gradient "
+                "(CompactRows: the row set must hold every id the training batches contain)")
+            with tf.control_dependencies([check]):
+                return tf.math.unsorted_segment_sum(gradient.values, positions,
+                                                    tf.shape(self.rows)[0])
+        return tf.gather(gradient, self.rows)
 
 
 @dataclasses.dataclass
@@ -189,6 +249,8 @@ class OptimizationPlan:
       peak_rates: group name -> peak learning rate (all groups).
       encoder_frozen: every encoder group is frozen -> encode outside the tape, training=False.
       trainable_variables: flat list, the only variables the tape watches.
+      compact_rows: index into trainable_variables -> CompactRows, for the token embedding
+        matrices updated row-compactly (see the module docstring).
     """
 
     optimizer: tf.keras.optimizers.Optimizer
@@ -198,6 +260,24 @@ class OptimizationPlan:
     encoder_frozen: bool
     trainable_variables: list[tf.Variable]
     loss_scaling: bool = False
+    compact_rows: dict[int, CompactRows] = dataclasses.field(default_factory=dict)
+
+    def dense_gradients(self, gradients: list) -> list[tf.Tensor]:
+        """Gradients aligned with trainable_variables as dense tensors: [K, dim] for the
+        row-compact matrices, the variable's shape for the others (IndexedSlices densified, so
+        norms, clipping and all-reduce see the dense gradient)."""
+        dense = []
+        for i, (gradient, variable) in enumerate(zip(gradients, self.trainable_variables)):
+            compact = self.compact_rows.get(i)
+            if gradient is None:  # no path from the loss: a zero gradient of the slot's shape
+                shape = tf.shape(variable) if compact is None else tf.concat(
+                    [tf.shape(compact.rows), tf.shape(variable)[1:]], axis=0)
+                dense.append(tf.zeros(shape, variable.dtype))
+            elif compact is not None:
+                dense.append(compact.compact(gradient))
+            else:
+                dense.append(tf.convert_to_tensor(gradient))
+        return dense
 
     @property
     def base_optimizer(self) -> GroupedAdamW:
@@ -213,8 +293,15 @@ class OptimizationPlan:
 
 
 def build_optimization(config: TrainConfig, variable_groups: dict[str, list[tf.Variable]],
-                       encoder_group_names: list[str], total_steps: int) -> OptimizationPlan:
+                       encoder_group_names: list[str], total_steps: int, *,
+                       token_embeddings: list[tf.Variable] = (),
+                       token_ids=None) -> OptimizationPlan:
     """Splits groups into trainable/frozen and builds the optimizer (call in strategy scope).
+
+    Args:
+      token_embeddings, token_ids: matrices indexed by input ids, and every id the training
+        batches can contain (e.g. the train split's ids and the pad id): trainable ones among
+        them are updated row-compactly (module docstring). Without token_ids, densely.
 
     Raises:
       ValueError: no group has a learning rate > 0.
@@ -229,10 +316,16 @@ def build_optimization(config: TrainConfig, variable_groups: dict[str, list[tf.V
                                         decay=config.decay,
                                         end_ratio=config.end_learning_rate_ratio)
                  for g in trainable}
+    variables = [v for vs in trainable.values() for v in vs]
+    compact = {}
+    if token_ids is not None:
+        wanted = {v.ref() for v in token_embeddings}
+        compact = {i: CompactRows(token_ids, int(v.shape[0])) for i, v in enumerate(variables)
+                   if v.ref() in wanted}
     optimizer = GroupedAdamW(trainable, schedules, weight_decay=config.weight_decay,
                              beta_1=config.adam_beta1, beta_2=config.adam_beta2,
-                             epsilon=config.adam_epsilon, global_clipnorm=config.clip_norm)
-    variables = [v for vs in trainable.values() for v in vs]
+                             epsilon=config.adam_epsilon, global_clipnorm=config.clip_norm,
+                             compact_rows=[(variables[i], c.rows) for i, c in compact.items()])
     optimizer.build(variables)
     loss_scaling = config.mixed_precision == "fp16"
     if loss_scaling:
@@ -240,4 +333,5 @@ def build_optimization(config: TrainConfig, variable_groups: dict[str, list[tf.V
     encoder_frozen = all(g in frozen for g in encoder_group_names)
     return OptimizationPlan(optimizer=optimizer, trainable_groups=trainable, frozen_groups=frozen,
                             peak_rates=rates, encoder_frozen=encoder_frozen,
-                            trainable_variables=variables, loss_scaling=loss_scaling)
+                            trainable_variables=variables, loss_scaling=loss_scaling,
+                            compact_rows=compact)

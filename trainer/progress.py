@@ -67,7 +67,8 @@ class ProgressBar:
     """
 
     def __init__(self, total_steps: int | None, *, initial_step: int = 0,
-                 description: str = "train", stream: TextIO | None = None,
+                 description: str = "train", unit: str = "step",
+                 stream: TextIO | None = None,
                  is_tty: bool | None = None, log_every_s: float = 30.0,
                  min_redraw_s: float = 0.1, width: int = 20,
                  clock: Callable[[], float] = time.monotonic):
@@ -75,6 +76,7 @@ class ProgressBar:
           total_steps: the step at which training ends; None if unknown (no bar, no ETA).
           initial_step: the step training starts (or resumes) from.
           description: first word of the line.
+          unit: what is counted, for the rate ("step/s", "window/s").
           stream: where the terminal bar goes; default sys.stderr.
           is_tty: draw in place; default: whether `stream` is a terminal.
           log_every_s: seconds between plain lines when not on a terminal.
@@ -84,6 +86,7 @@ class ProgressBar:
         """
         self.total_steps = total_steps
         self.description = description
+        self.unit = unit
         self._stream = stream if stream is not None else sys.stderr
         if is_tty is None:
             is_tty = bool(getattr(self._stream, "isatty", lambda: False)())
@@ -198,7 +201,8 @@ class ProgressBar:
             parts.append(f"{self.description} step {self._step}")
         rate = self.steps_per_s(now)
         if rate is not None:
-            parts.append(f"{rate:.2g} step/s" if rate < 10 else f"{rate:.0f} step/s")
+            parts.append(f"{rate:.2g} {self.unit}/s" if rate < 10
+                         else f"{rate:.0f} {self.unit}/s")
             if total:
                 parts.append(f"ETA {format_duration(max(total - self._step, 0) / rate)}")
         elif total:
