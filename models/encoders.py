@@ -8,8 +8,13 @@ weights ("layer_mix") still train when the encoder is frozen and runs outside th
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import inspect
+import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -19,6 +24,126 @@ from transformers.models.auto.modeling_tf_auto import TF_MODEL_MAPPING
 # ".../encoder/layer_._3/attention/..." (BERT, RoBERTa, XLM-R, ELECTRA) or
 # ".../transformer/layer_._3/..." (DistilBERT): the index of the transformer block.
 _LAYER_INDEX = re.compile(r"/layer_\._(\d+)/")
+
+# transformers' TF messages this project replaces by its own (see `LoadingInfo.summary`): the
+# deprecation banner every TF model prints once (our stack pins the last TF release, 4.54), and
+# the multi-line blocks `from_pretrained` logs about unused / missing / mismatched weights.
+# (modeling_tf_pytorch_utils logs them for PyTorch-format safetensors.)
+_TF_UTILS_LOGGER = "transformers.modeling_tf_utils"
+_LOADING_LOGGERS = (_TF_UTILS_LOGGER, "transformers.modeling_tf_pytorch_utils")
+_BANNER = ("TensorFlow and JAX classes are deprecated",)
+_LOADING_BLOCKS = ("Some layers from the model checkpoint", "All model checkpoint layers were used",
+                   "Some layers of ", "All the layers of ", "Some weights of ",
+                   "All PyTorch model weights were used", "All the weights of ")
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+logging.getLogger(_TF_UTILS_LOGGER).addFilter(_DropMessages(_BANNER))
+
+
+@contextlib.contextmanager
+def _without_loading_blocks() -> Iterator[None]:
+    """Silences `from_pretrained`'s weight-loading blocks while it runs (only there: other
+    callers of transformers in the same process keep them)."""
+    loggers = [logging.getLogger(name) for name in _LOADING_LOGGERS]
+    quiet = _DropMessages(_LOADING_BLOCKS)
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadingInfo:
+    """How `from_pretrained` matched a checkpoint's weights to the model's.
+
+    Attributes:
+      source: the directory or hub name the weights came from.
+      model_weights: number of weights the model has.
+      model_prefix: the main layer's name scope ("bert"), left out of the summary's names.
+      unused: checkpoint weights the model has no place for (e.g. the pooler, which the tagger
+        leaves out), by name as the checkpoint spells them.
+      missing: model weights the checkpoint lacks (randomly initialised), by name.
+      mismatched: (name, checkpoint shape, model shape) of weights left random for their shape.
+    """
+
+    source: str
+    model_weights: int
+    model_prefix: str = ""
+    unused: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+
+    @property
+    def loaded(self) -> int:
+        return self.model_weights - len(self.missing) - len(self.mismatched)
+
+    @property
+    def complete(self) -> bool:
+        """Every model weight came from the checkpoint."""
+        return not self.missing and not self.mismatched
+
+    def summary(self) -> str:
+        """One line, e.g. "pretrained weights: 197 loaded, pooler (2) unused, 0 missing"."""
+        unused = _by_part(self.unused, self.model_prefix) or "0"
+        parts = [f"{self.loaded} loaded", f"{unused} unused"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing "
+                         f"({_by_part(self.missing, self.model_prefix)}; randomly initialised)")
+        else:
+            parts.append("0 missing")
+        if self.mismatched:
+            shapes = ", ".join(f"{name} {list(found)} in the checkpoint, {list(wanted)} here"
+                               for name, found, wanted in self.mismatched[:3])
+            more = ", ..." if len(self.mismatched) > 3 else ""
+            parts.append(f"{len(self.mismatched)} of another shape, randomly initialised "
+                         f"({shapes}{more})")
+        return "pretrained weights: " + ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "model_weights": self.model_weights,
+                "loaded": self.loaded, "complete": self.complete, "unused": list(self.unused),
+                "missing": list(self.missing),
+                "mismatched": [{"name": name, "checkpoint_shape": list(found),
+                                "model_shape": list(wanted)}
+                               for name, found, wanted in self.mismatched],
+                "summary": self.summary()}
+
+
+_BLOCK_OF_WEIGHT = re.compile(r"(?:^|[/.])(encoder|transformer)[/.]layer(?:_\._|[/.])(\d+)[/.]")
+
+
+def _part(name: str, model_prefix: str) -> str:
+    """The component a weight belongs to, for a one-line summary (model prefix "bert"; TF or
+    PyTorch names): "bert/pooler/dense/kernel:0" and "bert.pooler.dense.weight" -> "pooler",
+    "tf_bert_model/bert/encoder/layer_._3/output/dense/bias:0" -> "encoder layer 3",
+    "bert/embeddings/word_embeddings/weight:0" -> "embeddings"."""
+    block = _BLOCK_OF_WEIGHT.search(name)
+    if block:
+        return f"{block.group(1)} layer {block.group(2)}"
+    parts = [p for p in re.split(r"[/.]", name) if p]
+    while len(parts) > 1 and (parts[0].startswith("tf_") or parts[0] == model_prefix):
+        parts = parts[1:]  # the model's and its main layer's name scopes
+    return parts[0] if parts else name
+
+
+def _by_part(names: tuple[str, ...], model_prefix: str) -> str:
+    """"pooler (2)", or "pooler (2), mlm___cls (5)"; empty for no names."""
+    counts = collections.Counter(_part(name, model_prefix) for name in names)
+    return ", ".join(f"{part} ({count})" for part, count in counts.items())
 
 
 def _transformer_class(config: transformers.PretrainedConfig) -> type:
@@ -51,19 +176,33 @@ def load_transformer(*, pretrained: str | None = None,
 
     Returns:
       A transformers TFPreTrainedModel (e.g. TFBertModel), not yet called if randomly initialised.
+      Its `tagger_loading_info` is a `LoadingInfo` for pretrained weights (transformers' own
+      messages about them are not logged), None for a random initialisation.
     """
     if pretrained is not None:
         config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)
         model_class = _transformer_class(config)
-        return model_class.from_pretrained(
-            pretrained, config=config, from_pt=False, **_no_pooler_kwargs(model_class))
+        with _without_loading_blocks():
+            model, info = model_class.from_pretrained(
+                pretrained, config=config, from_pt=False, output_loading_info=True,
+                **_no_pooler_kwargs(model_class))
+        model.tagger_loading_info = LoadingInfo(
+            source=str(pretrained), model_weights=len(model.weights),
+            model_prefix=str(getattr(model, "base_model_prefix", "")),
+            unused=tuple(info.get("unexpected_keys", ())),
+            missing=tuple(info.get("missing_keys", ())),
+            mismatched=tuple((name, tuple(found), tuple(wanted))
+                             for name, found, wanted in info.get("mismatched_keys", ())))
+        return model
     if isinstance(encoder_config, dict):
         values = dict(encoder_config)
         config = transformers.AutoConfig.for_model(values.pop("model_type", "bert"), **values)
     else:
         config = transformers.AutoConfig.from_pretrained(encoder_config, trust_remote_code=False)
     model_class = _transformer_class(config)
-    return model_class(config, **_no_pooler_kwargs(model_class))
+    model = model_class(config, **_no_pooler_kwargs(model_class))
+    model.tagger_loading_info = None
+    return model
 
 
 class TransformerEncoder(tf.keras.layers.Layer):

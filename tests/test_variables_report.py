@@ -1,0 +1,193 @@
+"""The start-of-run variables table: groups, parameter counts, frozen or trainable, peak rates,
+and how the pretrained weights loaded (a tiny random BERT saved with save_pretrained)."""
+
+import json
+import logging
+
+import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import pytest
+import transformers
+
+from models import TaggerConfig, build_tagger
+from tests.trainer_testing import TINY_BERT
+from trainer import optimization, variables_report
+from trainer.config import TrainConfig
+
+LABEL_MAP = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+FILES = dict(train_file="a", dev_file="b", test_file="c", tokenizer="t", pretrained="p")
+H, I, V, P = (TINY_BERT[k] for k in ("hidden_size", "intermediate_size", "vocab_size",
+                                     "max_position_embeddings"))
+T = len(LABEL_MAP)
+# BERT's parameters from its config (type_vocab_size 2): word, position and token type
+# embeddings plus a LayerNorm; per layer Q, K, V and output projections, two LayerNorms and the
+# two feed-forward matrices, each with its bias.
+EMBEDDINGS = V * H + P * H + 2 * H + 2 * H
+LAYER = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+
+
+def lstm(features, units):  # both directions: kernel, recurrent kernel, bias
+    return 2 * (features * 4 * units + units * 4 * units + 4 * units)
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    """A tiny random TFBertModel (with its pooler) saved as a pretrained checkpoint."""
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    config = transformers.BertConfig(**TINY_BERT)
+    model = transformers.TFBertModel(config)
+    model(model.dummy_inputs)
+    model.save_pretrained(str(directory))
+    return directory
+
+
+def report_for(tagger_values, train_values):
+    model = build_tagger(TaggerConfig(label_map=LABEL_MAP, **tagger_values))
+    groups = model.variable_groups()
+    plan = optimization.build_optimization(TrainConfig(**{**FILES, **train_values}), groups,
+                                           model.encoder_group_names(), total_steps=10)
+    return model, variables_report.build_report(model, groups, plan.peak_rates,
+                                                plan.frozen_groups)
+
+
+def rows(text):
+    """{group: (parameters, variables, state, peak lr)} from the table's group rows."""
+    out = {}
+    for line in text.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 5:
+            out[parts[0]] = (int(parts[1].replace(",", "")), int(parts[2]), parts[3], parts[4])
+    return out
+
+
+def test_frozen_config_every_encoder_group_frozen_at_rate_zero(tiny_pretrained, tmp_path):
+    # configs/frozen.flags on the tiny BERT: frozen encoder, last hidden states concatenated,
+    # BiLSTM, softmax head.
+    model, report = report_for(
+        dict(pretrained=str(tiny_pretrained), hidden_layers="concat", num_hidden_layers_used=3,
+             bilstm_layers=1, bilstm_units=16, head="softmax"),
+        dict(encoder_learning_rate=0.0, head_learning_rate=1e-3))
+    bilstm, head = lstm(3 * H, 16), 2 * 16 * T + T
+    assert rows(report.text) == {
+        "embeddings": (EMBEDDINGS, 5, "frozen", "0"),
+        "encoder_layer_0": (LAYER, 16, "frozen", "0"),
+        "encoder_layer_1": (LAYER, 16, "frozen", "0"),
+        "bilstm": (bilstm, 6, "trainable", "0.001"),
+        "head": (head, 2, "trainable", "0.001"),
+    }
+    frozen = EMBEDDINGS + 2 * LAYER
+    # The model's own count agrees with the formula.
+    assert frozen + bilstm + head == model.count_params()
+    lines = report.text.splitlines()
+    assert lines[0] == (f"variables: 5 groups, {frozen + bilstm + head:,} parameters: "
+                        f"{bilstm + head:,} trainable, {frozen:,} frozen")
+    assert lines[-5].split() == ["total", "trainable", f"{bilstm + head:,}"]
+    assert lines[-4].split() == ["total", "frozen", f"{frozen:,}"]
+    assert lines[-3].split() == ["total", f"{frozen + bilstm + head:,}"]
+    assert lines[-2] == "encoder frozen: it runs outside the gradient tape, in inference mode"
+    # 5 embedding weights + 2 x 16 layer weights loaded; the checkpoint's pooler is not used.
+    assert lines[-1] == "pretrained weights: 37 loaded, pooler (2) unused, 0 missing"
+
+    data = json.loads((variables_report.write_report(tmp_path, report)).read_text())
+    assert data["totals"] == {"trainable": bilstm + head, "frozen": frozen,
+                              "all": frozen + bilstm + head}
+    assert data["encoder_frozen"] is True
+    assert [(g["name"], g["trainable"], g["peak_learning_rate"], g["encoder"])
+            for g in data["groups"]] == [
+        ("embeddings", False, 0.0, True), ("encoder_layer_0", False, 0.0, True),
+        ("encoder_layer_1", False, 0.0, True), ("bilstm", True, 1e-3, False),
+        ("head", True, 1e-3, False)]
+    pretrained = data["pretrained_weights"]
+    assert pretrained["loaded"] == 37 and pretrained["complete"] is True
+    assert sorted(pretrained["unused"]) == ["bert/pooler/dense/bias:0",
+                                            "bert/pooler/dense/kernel:0"]
+    assert pretrained["missing"] == [] and pretrained["mismatched"] == []
+    head_shapes = data["groups"][-1]["variable_shapes"]
+    assert sorted(head_shapes.values()) == [[T], [2 * 16, T]]
+
+
+def test_finetune_config_layer_decayed_rates_and_crf(tmp_path):
+    # configs/finetune.flags (plus a CRF) on the tiny BERT, randomly initialised.
+    _, report = report_for(
+        dict(encoder_config=TINY_BERT, hidden_layers="last", bilstm_layers=0, head="crf"),
+        dict(encoder_learning_rate=3e-5, layer_decay=0.9, head_learning_rate=1e-3,
+             crf_learning_rate=1e-2))
+    head, crf = H * T + T, T * T + 2 * T
+    assert rows(report.text) == {
+        "embeddings": (EMBEDDINGS, 5, "trainable", "2.43e-05"),
+        "encoder_layer_0": (LAYER, 16, "trainable", "2.7e-05"),
+        "encoder_layer_1": (LAYER, 16, "trainable", "3e-05"),
+        "head": (head, 2, "trainable", "0.001"),
+        "crf": (crf, 3, "trainable", "0.01"),
+    }
+    total = EMBEDDINGS + 2 * LAYER + head + crf
+    assert report.data["totals"] == {"trainable": total, "frozen": 0, "all": total}
+    assert report.data["encoder_frozen"] is False
+    lines = report.text.splitlines()
+    assert lines[-2] == "encoder trains (fine-tuning)"
+    assert lines[-1] == ("pretrained weights: none (randomly initialised from the encoder "
+                         "config)")
+
+
+def test_embedding_encoder_and_a_frozen_head_group():
+    _, report = report_for(
+        dict(encoder="embedding", vocab_size=50, embedding_dim=8, bilstm_layers=1,
+             bilstm_units=4, head="softmax", pretrained=None),
+        dict(encoder="embedding", pretrained="", encoder_learning_rate=0.0,
+             embeddings_learning_rate=0.1, head_learning_rate=1e-3, bilstm_learning_rate=0.0))
+    assert rows(report.text) == {
+        "embeddings": (50 * 8, 1, "trainable", "0.1"),
+        "bilstm": (lstm(8, 4), 6, "frozen", "0"),
+        "head": (2 * 4 * T + T, 2, "trainable", "0.001"),
+    }
+    assert report.text.splitlines()[-1] == ("pretrained weights: none (embedding encoder, "
+                                            "randomly initialised)")
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_missing_layer_is_named_and_transformers_blocks_are_not_logged(tiny_pretrained,
+                                                                       tmp_path):
+    """A checkpoint with 2 layers loaded into a 3-layer config: layer 2 is named as missing."""
+    import shutil
+
+    directory = tmp_path / "deeper"
+    shutil.copytree(tiny_pretrained, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (directory / "config.json").write_text(json.dumps(config))
+    from models import encoders
+
+    # transformers' loggers do not propagate to the root logger (pytest's caplog): listen on
+    # the library's own; its warnings reach this handler unless our filter drops them.
+    collect = Collect()
+    library = logging.getLogger("transformers")
+    library.addHandler(collect)
+    try:
+        transformer = encoders.load_transformer(pretrained=str(directory))
+        transformers.TFBertModel(transformers.BertConfig(**TINY_BERT))  # not ours: blocks stay
+        logging.getLogger("transformers.modeling_tf_utils").warning(
+            "Some layers from the model checkpoint at x were not used (not from our loader)")
+    finally:
+        library.removeHandler(collect)
+    info = transformer.tagger_loading_info
+    assert info.summary() == ("pretrained weights: 37 loaded, pooler (2) unused, 16 missing "
+                              "(encoder layer 2 (16); randomly initialised)")
+    assert not info.complete
+    assert collect.messages == [
+        "Some layers from the model checkpoint at x were not used (not from our loader)"]
+
+
+def test_a_group_without_a_rate_is_an_error():
+    model = build_tagger(TaggerConfig(label_map=LABEL_MAP, encoder_config=TINY_BERT,
+                                      bilstm_layers=0))
+    with pytest.raises(ValueError, match=r"no peak learning rate for group\(s\) \['head'\]"):
+        variables_report.build_report(model, model.variable_groups(),
+                                      {"embeddings": 0.0, "encoder_layer_0": 0.0,
+                                       "encoder_layer_1": 0.0})

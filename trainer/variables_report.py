@@ -1,0 +1,154 @@
+"""What trains: the start-of-run table of variable groups, and `RUN_DIR/variables.json`.
+
+For a frozen e5-small encoder with a BiLSTM and a softmax head (configs/frozen.flags) the log
+shows (abridged):
+
+    variables: 15 groups, 117,717,775 parameters: 985,103 trainable, 116,732,672 frozen
+    group                parameters  variables  state         peak lr
+    embeddings           96,486,528          5  frozen              0
+    encoder_layer_0       1,774,464         16  frozen              0
+    ...
+    bilstm                  984,064          6  trainable       0.001
+    head                      1,039          2  trainable       0.001
+    total trainable         985,103
+    total frozen        116,732,672
+    total               117,717,775
+    encoder frozen: it runs outside the gradient tape, in inference mode
+    pretrained weights: 197 loaded, pooler (2) unused, 0 missing
+
+A group is frozen when its peak learning rate is 0 (`trainer.optimization`): the optimizer and
+the gradient tape never see it. Parameter counts are over the groups, i.e. over every trainable
+Keras variable of the model; Keras non-trainable weights (none in the shipped models) are listed
+on a line of their own and counted as frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from typing import Any
+
+import tensorflow as tf
+
+from data_pipeline.manifest import strict_json_dumps
+
+VARIABLES_FILE = "variables.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class VariablesReport:
+    """The table as text (for the log) and as a JSON-ready dict (for variables.json)."""
+
+    text: str
+    data: dict[str, Any]
+
+
+def _parameters(variable: tf.Variable) -> int:
+    return int(math.prod(int(d) for d in variable.shape))
+
+
+def pretrained_weights_info(model) -> dict[str, Any]:
+    """How the encoder got its weights, as recorded by `models.encoders.load_transformer`.
+
+    Returns:
+      {"summary": one line, ...}: the `LoadingInfo` as JSON for pretrained weights, else
+      {"summary": ..., "source": None} saying that the encoder starts random.
+    """
+    transformer = getattr(model.encoder, "transformer", None)
+    if transformer is None:
+        return {"source": None, "summary": "pretrained weights: none (embedding encoder, "
+                                           "randomly initialised)"}
+    info = getattr(transformer, "tagger_loading_info", None)
+    if info is None:
+        return {"source": None, "summary": "pretrained weights: none (randomly initialised "
+                                           "from the encoder config)"}
+    return info.to_json()
+
+
+def build_report(model, variable_groups: dict[str, list[tf.Variable]],
+                 peak_rates: dict[str, float], frozen_groups=()) -> VariablesReport:
+    """The variable groups of a built tagger, their sizes, and which of them train.
+
+    Args:
+      model: a built `models.Tagger`.
+      variable_groups: `model.variable_groups()`.
+      peak_rates: peak learning rate per group (`OptimizationPlan.peak_rates`).
+      frozen_groups: groups the optimizer leaves out (`OptimizationPlan.frozen_groups`); a group
+        whose peak rate is 0 is frozen too.
+
+    Returns:
+      A VariablesReport; `data` holds "groups" (name, parameters, variables, trainable,
+      peak_learning_rate, encoder, and each variable's name and shape), "totals" (trainable,
+      frozen, all), "non_trainable_weights", "encoder_frozen" and "pretrained_weights".
+
+    Raises:
+      ValueError: a group has no peak learning rate.
+    """
+    missing = [name for name in variable_groups if name not in peak_rates]
+    if missing:
+        raise ValueError(f"no peak learning rate for group(s) {missing}")
+    frozen_groups = set(frozen_groups)
+    encoder_groups = set(model.encoder_group_names())
+    groups = []
+    for name, variables in variable_groups.items():
+        rate = float(peak_rates[name])
+        groups.append({
+            "name": name,
+            "parameters": sum(_parameters(v) for v in variables),
+            "variables": len(variables),
+            "trainable": rate > 0 and name not in frozen_groups,
+            "peak_learning_rate": rate if rate > 0 and name not in frozen_groups else 0.0,
+            "encoder": name in encoder_groups,
+            "variable_shapes": {v.name: [int(d) for d in v.shape] for v in variables},
+        })
+    non_trainable = list(model.non_trainable_weights)
+    fixed = sum(_parameters(v) for v in non_trainable)
+    trainable = sum(g["parameters"] for g in groups if g["trainable"])
+    frozen = sum(g["parameters"] for g in groups if not g["trainable"]) + fixed
+    encoder_frozen = all(not g["trainable"] for g in groups if g["encoder"])
+    data = {
+        "groups": groups,
+        "totals": {"trainable": trainable, "frozen": frozen, "all": trainable + frozen},
+        "non_trainable_weights": {"parameters": fixed, "variables": len(non_trainable)},
+        "encoder_frozen": encoder_frozen,
+        "pretrained_weights": pretrained_weights_info(model),
+    }
+    return VariablesReport(text=_table(data, has_encoder=bool(encoder_groups)), data=data)
+
+
+def _table(data: dict[str, Any], *, has_encoder: bool) -> str:
+    totals = data["totals"]
+    rows = [(g["name"], f"{g['parameters']:,}", str(g["variables"]),
+             "trainable" if g["trainable"] else "frozen", f"{g['peak_learning_rate']:g}")
+            for g in data["groups"]]
+    fixed = data["non_trainable_weights"]
+    if fixed["variables"]:
+        rows.append(("(non-trainable)", f"{fixed['parameters']:,}", str(fixed["variables"]),
+                     "frozen", "-"))
+    rows += [("total trainable", f"{totals['trainable']:,}", "", "", ""),
+             ("total frozen", f"{totals['frozen']:,}", "", "", ""),
+             ("total", f"{totals['all']:,}", "", "", "")]
+    header = ("group", "parameters", "variables", "state", "peak lr")
+    width = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+
+    def line(row) -> str:
+        return (f"{row[0]:<{width[0]}}  {row[1]:>{width[1]}}  {row[2]:>{width[2]}}  "
+                f"{row[3]:<{width[3]}}  {row[4]:>{width[4]}}").rstrip()
+
+    lines = [f"variables: {len(data['groups'])} groups, {totals['all']:,} parameters: "
+             f"{totals['trainable']:,} trainable, {totals['frozen']:,} frozen",
+             line(header)] + [line(row) for row in rows]
+    if has_encoder:
+        lines.append("encoder frozen: it runs outside the gradient tape, in inference mode"
+                     if data["encoder_frozen"] else "encoder trains (fine-tuning)")
+    lines.append(data["pretrained_weights"]["summary"])
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | os.PathLike, report: VariablesReport) -> pathlib.Path:
+    """Writes `report.data` as strict JSON to RUN_DIR/variables.json; returns the path."""
+    path = pathlib.Path(run_dir) / VARIABLES_FILE
+    path.write_text(strict_json_dumps(report.data, indent=1) + "\n", encoding="utf-8")
+    return path
