@@ -38,6 +38,26 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             tf.errors.NotFoundError)
 
 
+def note_missing_gpu() -> str | None:
+    """Looks for GPUs now and, if there are none, logs what that means; returns the note.
+
+    A CUDA build of TensorFlow logs an error-level "failed call to cuInit: ... (303)" the first
+    time it looks for devices on a machine without an NVIDIA driver. No setting removes just
+    that line (TF_CPP_MIN_LOG_LEVEL=3 hides every C++ error; hiding the GPUs would hide real
+    ones), so the devices are looked up here, at a known moment, and our line follows it.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    note = "no GPU visible to TensorFlow: running on the CPU"
+    if tf.sysconfig.get_build_info().get("is_cuda_build"):
+        note += ("; a 'failed call to cuInit' error just above, from TensorFlow's CUDA build, "
+                 "says only that")
+    logging.info(note)
+    return note
+
+
 def describe(error: BaseException) -> str:
     """One line for the user; TensorFlow's op errors lose their graph-node and op trailers."""
     message = getattr(error, "message", None)
@@ -60,6 +80,7 @@ def main(argv) -> None:
 
     user_errors = _user_errors()
     logging.set_verbosity(logging.INFO)
+    note_missing_gpu()
     try:
         # Bad corpus lines or tokenizers surface here, before the loop writes config.json into
         # the run directory (or, with --overwrite, empties it); the loop then reuses the shards.
