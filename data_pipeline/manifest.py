@@ -7,12 +7,17 @@ complete. Layout (abridged):
      "label_map": ["O", "B-LOC", "I-LOC", ...],          # index = label id, IOB2
      "max_seq_length": 128, "stride": 32, "compression": "" | "GZIP",
      "tokenizer": {"name", "fingerprint", "prefix_ids", "suffix_ids", "pad_token_id",
-                   "unk_token_id", "vocab_size", "word_boundary_marker"},
+                   "unk_token_id", "vocab_size", "word_boundary_marker", "lowercase"},
      "tag_scheme": {"source": "bmes", "internal": "iob2"}, "on_invalid": "repair",
      "splits": {"train": {
          "source": {"path", "sha256", "bytes", "format"},
          "counts": {"sentences", "characters", "windows", "tokens", "content_pieces",
-                    "unknown_tokens", "unknown_token_rate", "sentences_split",
+                    "unknown_tokens", "unknown_token_rate",   # pieces
+                    "words", "unknown_words", "unknown_word_rate",   # source tokens with an
+                    "entity_words", "unknown_entity_words",          # unknown piece, overall
+                    "unknown_entity_word_rate",                      # and in gold entities,
+                    "unknown_words_known_lowercased",                # and the known causes
+                    "unknown_words_punctuation", "sentences_split",
                     "max_sentence_length", "pieceless_tokens",   # tokens the normaliser
                     "pieceless_sentences",           # removes, and sentences of only those:
                                                      # each such token is the unknown token
@@ -20,6 +25,7 @@ complete. Layout (abridged):
                     "source_entities": {...},             # as written: minus repaired fragments
                     "repaired_tags": {"PER": n, ...},     # continuation tags that began one
                     "tag_counts": {"B-LOC": n, ...}},     # tags as written in the source file
+         "unknown_word_examples": [["Paris", 12], ...],   # most frequent unknown tokens
          "length_histogram": [c_0, ..., c_max_seq_length],  # windows with that many tokens
          "shards": [{"file": "train-00000-of-00004.tfrecord", "records", "bytes", "sha256"}]}}}
 """

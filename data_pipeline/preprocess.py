@@ -23,6 +23,16 @@ How it runs:
 A sentence whose every character the tokenizer's normaliser removes (ten U+FFFD with a WordPiece
 vocabulary) is kept: each character becomes the unknown token, as one such character inside a
 sentence does, and the manifest counts them (`pieceless_tokens`, `pieceless_sentences`).
+
+Unknown tokens are counted three ways per split, because the piece rate hides what matters: a
+word (or character) is unknown when any of its pieces is the unknown token, and an entity word is
+one inside a gold entity. With the bert-base-chinese vocabulary, which has no uppercase letters,
+every capitalised English word is a single unknown piece beside several known ones, so an English
+CoNLL corpus has far more unknown words than pieces, and most of its entity words (names) are
+unknown. Above `unknown_word_warning` (1% of words or of entity words) preprocessing warns, names
+the most frequent unknown words and, where it can tell, the cause: words the vocabulary knows
+once lowercased (a cased corpus, an uncased vocabulary: `lowercase=True` / `--lowercase` makes
+the tokenizer lowercase), or punctuation the vocabulary lacks.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 
 import numpy as np
@@ -50,6 +61,9 @@ COMPRESSION = {"none": "", "gzip": "GZIP"}
 _TOKENIZE_BATCH = 512
 _SMALL_INPUT_BYTES = 4 << 20
 _PIECELESS_LINES_KEPT = 5
+UNKNOWN_WORD_WARNING = 0.01  # warn above this share of unknown words, or of unknown entity words
+_UNKNOWN_EXAMPLES_PER_SHARD = 50
+_UNKNOWN_EXAMPLES = 10
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -181,7 +195,33 @@ def _init_worker(backend_json: str, info: dict, parent_pid: int | None = None) -
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = tokenization.TokenizerInfo(**info)
     backend = Tokenizer.from_str(backend_json)
-    _WORKER.update(encoder=tokenization.TokenEncoder(backend, info.unk_token_id), info=info)
+    _WORKER.update(encoder=tokenization.TokenEncoder(backend, info.unk_token_id), info=info,
+                   lowercases=tokenization.tokenizer_lowercases(backend))
+
+
+def _is_punctuation(token: str) -> bool:
+    return all(unicodedata.category(c).startswith("P") for c in token)
+
+
+def _unknown_causes(unknown: collections.Counter) -> dict[str, int]:
+    """How many unknown-word occurrences of a shard have a known cause (runs in the worker).
+
+    Returns:
+      {"unknown_words_known_lowercased": occurrences whose lowercased form has no unknown
+       piece (0 when the tokenizer lowercases anyway), "unknown_words_punctuation": occurrences
+       made only of punctuation (“ ” — … with bert-base-chinese)}.
+    """
+    known_lowercased = 0
+    if not _WORKER["lowercases"]:
+        cased = [token for token in unknown if token.lower() != token]
+        unk = _WORKER["info"].unk_token_id
+        for token, (ids, _, _) in zip(
+                cased, _WORKER["encoder"].encode([[token.lower()] for token in cased])):
+            if ids and unk not in ids:
+                known_lowercased += unknown[token]
+    return {"unknown_words_known_lowercased": known_lowercased,
+            "unknown_words_punctuation": sum(count for token, count in unknown.items()
+                                             if _is_punctuation(token))}
 
 
 def _write_shard(task: dict) -> dict:
@@ -196,6 +236,7 @@ def _write_shard(task: dict) -> dict:
     entities: collections.Counter = collections.Counter()
     repaired: collections.Counter = collections.Counter()
     stats = collections.Counter()
+    unknown_words: collections.Counter = collections.Counter()  # source token -> occurrences
     pieceless_lines: list[int] = []
     sentence_id = task["first_sentence_id"]
     partial = task["path"] + ".partial"
@@ -236,6 +277,13 @@ def _write_shard(task: dict) -> dict:
                 stats["pieceless_tokens"] += pieceless
                 stats["content_pieces"] += len(ids)
                 stats["unknown_tokens"] += ids.count(info.unk_token_id)
+                stats["words"] += len(tags)
+                stats["entity_words"] += len(tags) - tags.count("O")
+                unknown = tokenization.unknown_tokens(ids, first_piece, info.unk_token_id)
+                if unknown:
+                    stats["unknown_words"] += len(unknown)
+                    stats["unknown_entity_words"] += sum(tags[j] != "O" for j in unknown)
+                    unknown_words.update(sentence.tokens[j] for j in unknown)
                 num_windows = 0
                 for input_ids, labels, char_index, start, end in windows.window_records(
                         ids, first_piece, label_ids, prefix_ids=info.prefix_ids,
@@ -253,10 +301,12 @@ def _write_shard(task: dict) -> dict:
     if sentence_id - task["first_sentence_id"] != task["sentences"]:
         raise corpus.CorpusError(task["source"], task["line"], "file changed while it was read")
     os.replace(partial, task["path"])
+    stats.update(_unknown_causes(unknown_words))
     return {"split": task["split"], "index": task["index"], "file": os.path.basename(task["path"]),
             "records": int(stats["windows"]), "bytes": os.path.getsize(task["path"]),
             "sha256": file_sha256(task["path"]), "histogram": histogram, "entities": dict(entities),
-            "repaired": dict(repaired), "stats": dict(stats), "pieceless_lines": pieceless_lines}
+            "repaired": dict(repaired), "stats": dict(stats), "pieceless_lines": pieceless_lines,
+            "unknown_words": unknown_words.most_common(_UNKNOWN_EXAMPLES_PER_SHARD)}
 
 
 def _run(function: Callable, jobs: list, pool) -> list:
@@ -271,7 +321,9 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
                label_map: list[str] | None = None, word_boundary_marker: str = "auto",
                compression: str = "none", sentences_per_shard: int = 8192,
                num_workers: int | None = None, overwrite: bool = False,
-               log: Callable[[str], None] = lambda message: None) -> dict:
+               lowercase: bool = False, unknown_word_warning: float = UNKNOWN_WORD_WARNING,
+               log: Callable[[str], None] = lambda message: None,
+               warn: Callable[[str], None] | None = None) -> dict:
     """Preprocesses corpus splits into `output_dir` (shards + manifest.json).
 
     Args:
@@ -290,7 +342,12 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
       num_workers: processes (default: the number of CPUs, or none for inputs under 4 MiB;
         0 runs in this process).
       overwrite: replace an earlier, complete output at `output_dir`.
+      lowercase: make the tokenizer lowercase (for a cased corpus and an uncased vocabulary;
+        see `tokenization`); recorded in the manifest's tokenizer.
+      unknown_word_warning: warn when a split's share of unknown words, or of unknown entity
+        words, is above this (module docstring).
       log: called with progress messages.
+      warn: called with warnings (default: `log`).
 
     Returns:
       The manifest dict (also written to `output_dir/manifest.json`).
@@ -299,6 +356,7 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
       corpus.CorpusError: bad input, naming the file and line.
       ValueError, FileNotFoundError, FileExistsError: bad arguments.
     """
+    warn = log if warn is None else warn
     splits = {name: os.path.abspath(path) for name, path in splits.items()}
     _check_arguments(splits, max_seq_length=max_seq_length, stride=stride,
                      input_format=input_format, tag_scheme=tag_scheme, on_invalid=on_invalid,
@@ -332,7 +390,11 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
 
     # The tokenizer is loaded here first so that a bad name fails before any work.
     backend, info = tokenization.prepare_tokenizer(
-        tokenizer, word_boundary_marker=word_boundary_marker, input_format=the_format)
+        tokenizer, word_boundary_marker=word_boundary_marker, input_format=the_format,
+        lowercase=lowercase)
+    if info.lowercase:
+        log(f"note: the tokenizer lowercases its input (lowercase); fingerprint "
+            f"{info.fingerprint[:12]}")
     budget = max_seq_length - len(info.prefix_ids) - len(info.suffix_ids)
     if stride >= budget:
         raise ValueError(f"stride ({stride}) must be smaller than max_seq_length minus the special "
@@ -410,10 +472,18 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         replace_directory(staging, output_dir)
         for name, split in manifest["splits"].items():
             counts = split["counts"]
+            words = "characters" if split["source"]["format"] == "char" else "words"
             log(f"{name}: {counts['sentences']} sentences, {counts['windows']} windows "
                 f"({counts['sentences_split']} sentences split), {counts['tokens']} tokens, "
-                f"unknown-token rate {counts['unknown_token_rate']:.4%}, "
+                f"unknown: {counts['unknown_token_rate']:.4%} of pieces, "
+                f"{counts['unknown_word_rate']:.4%} of {words}, "
+                f"{counts['unknown_entity_word_rate']:.4%} of entity {words}; "
                 f"entities {counts['entities']}, repaired tags {counts['repaired_tags'] or 0}")
+            if max(counts["unknown_word_rate"],
+                   counts["unknown_entity_word_rate"]) > unknown_word_warning:
+                warn(unknown_word_message(name, split, manifest["tokenizer"],
+                                          backend.id_to_token(info.unk_token_id),
+                                          tokenization.tokenizer_lowercases(backend)))
             if counts["pieceless_sentences"]:
                 lines = sorted(line for shard in shards if shard["split"] == name
                                for line in shard["pieceless_lines"])[:_PIECELESS_LINES_KEPT]
@@ -432,6 +502,44 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
         stack.close()  # after the pool: removes the staging directory unless renamed
 
 
+def unknown_word_message(name: str, split: dict, tokenizer: dict, unk_token: str,
+                         lowercases: bool) -> str:
+    """The warning for a split with many unknown words, naming the cause where it is known.
+
+    Args:
+      name: the split's name.
+      split: its manifest entry ("counts", "unknown_word_examples", "source").
+      tokenizer: the manifest's tokenizer entry.
+      unk_token: the unknown token as a string ("[UNK]").
+      lowercases: the tokenizer lowercases already.
+    """
+    counts = split["counts"]
+    words = "characters" if split["source"]["format"] == "char" else "words"
+    unknown = counts["unknown_words"]
+    examples = ", ".join(f"{token} ({count:,})" for token, count in split["unknown_word_examples"])
+    message = (f"WARNING: {name}: {counts['unknown_word_rate']:.2%} of {words} "
+               f"({unknown:,} of {counts['words']:,}) and {counts['unknown_entity_word_rate']:.2%} "
+               f"of entity {words} ({counts['unknown_entity_words']:,} of "
+               f"{counts['entity_words']:,}) have a piece that is the tokenizer's unknown token "
+               f"{unk_token} ({counts['unknown_token_rate']:.2%} of pieces): the model cannot "
+               f"tell them apart. Most frequent: {examples}.")
+    cased = counts["unknown_words_known_lowercased"]
+    punctuation = counts["unknown_words_punctuation"]
+    if unknown and cased >= unknown / 2 and not lowercases:
+        message += (f" Cause: {cased / unknown:.0%} of them are in the vocabulary once lowercased"
+                    f": the corpus is cased and the vocabulary of {tokenizer['name']} is not. "
+                    f"Preprocess with --lowercase (preprocess(..., lowercase=True)) to make the "
+                    f"tokenizer lowercase its input.")
+    elif unknown and punctuation >= unknown / 2:
+        message += (f" Cause: {punctuation / unknown:.0%} of them are punctuation the vocabulary "
+                    f"lacks; map it to punctuation the vocabulary has (e.g. “ ” to \") before "
+                    f"preprocessing.")
+    else:
+        message += (f" Check that the vocabulary of {tokenizer['name']} covers this corpus's "
+                    f"language and script.")
+    return message
+
+
 def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme, on_invalid,
                     max_seq_length, stride, compression) -> dict:
     splits = {}
@@ -447,6 +555,13 @@ def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme,
             repaired.update(shard["repaired"])
             histogram += shard["histogram"]
         pieces = stats["content_pieces"]
+        examples: collections.Counter = collections.Counter()
+        for shard in own:
+            examples.update(dict(shard["unknown_words"]))
+
+        def rate(part: str, whole: str) -> float:
+            return stats[part] / stats[whole] if stats[whole] else 0.0
+
         splits[name] = {
             "source": {"path": scan["path"], "sha256": scan["sha256"], "bytes": scan["bytes"],
                        "format": scan["format"]},
@@ -455,6 +570,15 @@ def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme,
                 "windows": int(stats["windows"]), "tokens": int(stats["tokens"]),
                 "content_pieces": int(pieces), "unknown_tokens": int(stats["unknown_tokens"]),
                 "unknown_token_rate": stats["unknown_tokens"] / pieces if pieces else 0.0,
+                # Source tokens (characters or words) with an unknown piece, overall and inside
+                # gold entities; and how many of those a known cause explains.
+                "words": int(stats["words"]), "unknown_words": int(stats["unknown_words"]),
+                "unknown_word_rate": rate("unknown_words", "words"),
+                "entity_words": int(stats["entity_words"]),
+                "unknown_entity_words": int(stats["unknown_entity_words"]),
+                "unknown_entity_word_rate": rate("unknown_entity_words", "entity_words"),
+                "unknown_words_known_lowercased": int(stats["unknown_words_known_lowercased"]),
+                "unknown_words_punctuation": int(stats["unknown_words_punctuation"]),
                 "sentences_split": int(stats["sentences_split"]),
                 "pieceless_tokens": int(stats["pieceless_tokens"]),
                 "pieceless_sentences": int(stats["pieceless_sentences"]),
@@ -466,6 +590,10 @@ def _build_manifest(scans: dict, shards: list[dict], *, info, label_map, scheme,
                 "repaired_tags": dict(sorted(repaired.items())),
                 "tag_counts": dict(sorted(scan["tag_counts"].items())),
             },
+            # The most frequent unknown source tokens, [token, occurrences] (from each shard's
+            # most frequent ones).
+            "unknown_word_examples": [[token, int(count)] for token, count
+                                      in examples.most_common(_UNKNOWN_EXAMPLES)],
             "length_histogram": histogram.tolist(),
             "shards": [{key: shard[key] for key in ("file", "records", "bytes", "sha256")}
                        for shard in own],
@@ -501,7 +629,9 @@ def main(argv) -> None:
                    on_invalid=f.on_invalid, label_map=label_map,
                    word_boundary_marker=f.word_boundary_marker, compression=f.compression,
                    sentences_per_shard=f.sentences_per_shard, num_workers=f.num_workers,
-                   overwrite=f.overwrite, log=lambda message: print(message, flush=True))
+                   overwrite=f.overwrite, lowercase=f.lowercase,
+                   log=lambda message: print(message, flush=True),
+                   warn=lambda message: print(message, file=sys.stderr, flush=True))
     except (corpus.CorpusError, ValueError, OSError) as e:  # OSError: missing, a directory, ...
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -529,6 +659,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("sentences_per_shard", 8192, "Sentences per shard file.")
     flags.DEFINE_integer("num_workers", None, "Worker processes (default: CPU count; 0: none).")
     flags.DEFINE_boolean("overwrite", False, "Replace a finished output at --output_dir.")
+    flags.DEFINE_boolean("lowercase", False, "Make the tokenizer lowercase its input (a cased "
+                         "corpus with an uncased vocabulary such as bert-base-chinese's).")
     flags.mark_flags_as_required(["output_dir", "tokenizer"])
 
 

@@ -18,10 +18,20 @@ corpora this module switches the marker off (`prepend_scheme=never`), so each ch
 piece containing it; the tokenizer's own normaliser still maps full-width punctuation first
 (`，` -> `,`), which is what makes those characters known. Word-level corpora keep the marker: there
 it does mark the start of a word.
+
+Lowercasing. A vocabulary without uppercase letters (bert-base-chinese's: its tokenizer_config
+says do_lower_case false, and its normaliser does not lowercase) turns every word holding an
+uppercase Latin letter into the unknown token: "Paris" -> [UNK], "paris" -> "paris". With
+`lowercase=True` the tokenizer itself lowercases (a BERT normaliser as do_lower_case=True sets
+it, which also strips accents as BERT's uncased models do; any other normaliser gets a
+`Lowercase` step after it). The change is in the tokenizer's JSON, so the shards and everything
+that runs the same JSON (the export's tokenizer, `trainer.predict`, `tag_text`) lowercase alike;
+the manifest records it as `tokenizer.lowercase` (and the fingerprint differs).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -40,6 +50,8 @@ class TokenizerInfo:
       prefix_ids / suffix_ids: special-token ids around a single sequence (`[CLS]` / `[SEP]`).
       pad_token_id, unk_token_id: as the tokenizer defines them.
       word_boundary_marker: "dropped", "kept" or "none" (no Metaspace pre-tokenizer).
+      lowercase: the tokenizer was made to lowercase (`prepare_tokenizer(lowercase=True)`);
+        False when it lowercases by itself or not at all.
     """
 
     name: str
@@ -50,6 +62,7 @@ class TokenizerInfo:
     unk_token_id: int
     vocab_size: int
     word_boundary_marker: str
+    lowercase: bool = False
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,8 +124,29 @@ def _has_metaspace(pre_tokenizer_json: dict | None) -> bool:
     return any(_has_metaspace(c) for c in pre_tokenizer_json.get("pretokenizers", []) or [])
 
 
+def normalizer_lowercases(normalizer_json: dict | None) -> bool:
+    """Whether a backend normaliser (JSON) lowercases: a BERT normaliser with lowercase set, or
+    a `Lowercase` step (also inside a Sequence)."""
+    if not normalizer_json:
+        return False
+    if normalizer_json.get("type") == "Lowercase":
+        return True
+    if normalizer_json.get("type") == "BertNormalizer":
+        return bool(normalizer_json.get("lowercase"))
+    return any(normalizer_lowercases(c) for c in normalizer_json.get("normalizers", []) or [])
+
+
+def _lowercasing(normalizer_json: dict | None) -> dict:
+    """The normaliser JSON made to lowercase (see the module docstring)."""
+    if normalizer_json and normalizer_json.get("type") == "BertNormalizer":
+        return dict(normalizer_json, lowercase=True)
+    if not normalizer_json:
+        return {"type": "Lowercase"}
+    return {"type": "Sequence", "normalizers": [normalizer_json, {"type": "Lowercase"}]}
+
+
 def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: str,
-                      input_format: str):
+                      input_format: str, lowercase: bool = False):
     """Loads a tokenizer and returns (backend `tokenizers.Tokenizer`, `TokenizerInfo`).
 
     Args:
@@ -120,6 +154,8 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
       word_boundary_marker: "drop" (no `▁` before each pre-split token), "keep", or "auto"
         (drop for the character format, keep for word-level CoNLL).
       input_format: "char" or "conll".
+      lowercase: make the tokenizer lowercase its input (module docstring); nothing changes
+        (and the fingerprint stays) for a tokenizer that lowercases already.
     """
     from tokenizers import Tokenizer
 
@@ -137,6 +173,9 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
             marker = "dropped"
         else:
             marker = "kept"
+    lowercased = lowercase and not normalizer_lowercases(config.get("normalizer"))
+    if lowercased:
+        config["normalizer"] = _lowercasing(config.get("normalizer"))
     # Padding and truncation are ours to do; a tokenizer.json may come with them switched on.
     config["padding"] = None
     config["truncation"] = None
@@ -161,8 +200,32 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
         unk_token_id=int(unk_id),
         vocab_size=int(backend.get_vocab_size(with_added_tokens=True)),
         word_boundary_marker=marker,
+        lowercase=lowercased,
     )
     return backend, info
+
+
+def tokenizer_lowercases(backend) -> bool:
+    """Whether a backend `tokenizers.Tokenizer` lowercases its input."""
+    return normalizer_lowercases(json.loads(backend.to_str()).get("normalizer"))
+
+
+def unknown_tokens(ids: list[int], first_piece: list[int], unk_token_id: int) -> list[int]:
+    """Indices of the tokens (characters or words) any of whose pieces is the unknown token.
+
+    Args:
+      ids, first_piece: as `pieces_per_token` returns them (token j owns pieces first_piece[j]
+        .. first_piece[j+1]-1; every token has at least one piece).
+      unk_token_id: the unknown token's id.
+
+    Example: ids [7, 100, 9, 100], first_piece [0, 1, 3], unk 100 -> [1, 2] (token 1 owns
+    pieces 1-2, token 2 piece 3).
+    """
+    if unk_token_id not in ids:
+        return []
+    owners = {bisect.bisect_right(first_piece, position) - 1
+              for position, piece in enumerate(ids) if piece == unk_token_id}
+    return sorted(owners)
 
 
 class TokenEncoder:
