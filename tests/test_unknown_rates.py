@@ -190,6 +190,29 @@ def test_lowercase_changes_only_the_normaliser_and_is_idempotent(bert_chinese_di
     assert json.loads(plain.to_str())["normalizer"]["lowercase"] is False
 
 
+def test_lowercase_leaves_a_tokenizer_that_lowercases_already_as_it_is(tmp_path,
+                                                                       bert_chinese_dir):
+    import shutil
+
+    uncased = tmp_path / "uncased"
+    shutil.copytree(bert_chinese_dir, uncased)
+    (uncased / "tokenizer_config.json").chmod(0o644)
+    (uncased / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    asked, asked_info = tokenization.prepare_tokenizer(
+        uncased, word_boundary_marker="auto", input_format="conll", lowercase=True)
+    _, own_info = tokenization.prepare_tokenizer(uncased, word_boundary_marker="auto",
+                                                 input_format="conll")
+    assert tokenization.tokenizer_lowercases(asked)  # do_lower_case is honoured by itself
+    assert not asked_info.lowercase
+    assert asked_info.fingerprint == own_info.fingerprint
+    # Preparing twice gives the same tokenizer (what an export re-preparing it relies on).
+    _, again = tokenization.prepare_tokenizer(
+        bert_chinese_dir, word_boundary_marker="auto", input_format="conll", lowercase=True)
+    _, first = tokenization.prepare_tokenizer(
+        bert_chinese_dir, word_boundary_marker="auto", input_format="conll", lowercase=True)
+    assert again.fingerprint == first.fingerprint
+
+
 def test_cli_warns_on_a_cased_english_sample_with_the_uncased_chinese_vocab(tmp_path,
                                                                             bert_chinese_dir):
     train = write(tmp_path, "train.txt", CASED_ENGLISH)
