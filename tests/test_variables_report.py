@@ -83,7 +83,8 @@ def test_frozen_config_every_encoder_group_frozen_at_rate_zero(tiny_pretrained, 
     assert lines[-5].split() == ["total", "trainable", f"{bilstm + head:,}"]
     assert lines[-4].split() == ["total", "frozen", f"{frozen:,}"]
     assert lines[-3].split() == ["total", f"{frozen + bilstm + head:,}"]
-    assert lines[-2] == "encoder frozen: it runs outside the gradient tape, in inference mode"
+    assert lines[-2] == ("encoder frozen: outside the gradient tape, in inference mode (or "
+                         "read from the feature cache)")
     # 5 embedding weights + 2 x 16 layer weights loaded; the checkpoint's pooler is not used.
     assert lines[-1] == "pretrained weights: 37 loaded, pooler (2) unused, 0 missing"
 

@@ -14,7 +14,7 @@ of 128 units, a softmax head over 7 tags) the log shows:
     total trainable    1,706,759
     total frozen      28,403,712
     total             30,110,471
-    encoder frozen: it runs outside the gradient tape, in inference mode
+    encoder frozen: outside the gradient tape, in inference mode (or read from the feature cache)
     pretrained weights: 197 loaded, pooler (2) unused, 0 missing
 
 A group is frozen when its peak learning rate is 0 (`trainer.optimization`): the optimizer and
@@ -36,6 +36,8 @@ import tensorflow as tf
 from data_pipeline.manifest import strict_json_dumps
 
 VARIABLES_FILE = "variables.json"
+FROZEN_ENCODER_NOTE = ("encoder frozen: outside the gradient tape, in inference mode (or read "
+                       "from the feature cache)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +144,8 @@ def _table(data: dict[str, Any], *, has_encoder: bool) -> str:
              f"{totals['trainable']:,} trainable, {totals['frozen']:,} frozen",
              line(header)] + [line(row) for row in rows]
     if has_encoder:
-        lines.append("encoder frozen: it runs outside the gradient tape, in inference mode"
-                     if data["encoder_frozen"] else "encoder trains (fine-tuning)")
+        lines.append(FROZEN_ENCODER_NOTE if data["encoder_frozen"]
+                     else "encoder trains (fine-tuning)")
     lines.append(data["pretrained_weights"]["summary"])
     return "\n".join(lines)
 
