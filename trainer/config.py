@@ -40,7 +40,8 @@ RUN_CONTROL_FIELDS = frozenset({
     "max_steps", "overwrite", "resume_mismatched", "progress_bar", "log_every", "steps_per_loop",
     "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "run_dir",
     "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy", "export",
-    "feature_cache", "eval_every_epochs", "early_stopping_patience",
+    "feature_cache", "eval_every_epochs", "early_stopping_patience", "loss_upper_bound",
+    "loss_upper_bound_factor", "recovery_max_trials", "recovery_lr_factor",
 })
 
 
@@ -121,6 +122,11 @@ class TrainConfig:
     resume_mismatched: bool = False
     progress_bar: bool = True
     export: bool = True
+    # Divergence (trainer/loop.py: detected before anything is saved).
+    loss_upper_bound: float = 1e4
+    loss_upper_bound_factor: float = 1000.0
+    recovery_max_trials: int = 0
+    recovery_lr_factor: float = 0.5
 
     def __post_init__(self):
         validate(self)
@@ -183,7 +189,8 @@ def validate(config: TrainConfig) -> None:
     for name in ("train_steps", "max_steps", "eval_every", "warmup_steps", "bilstm_layers",
                  "eval_every_epochs", "early_stopping_patience",
                  "num_cpu_devices", "head_learning_rate", "encoder_learning_rate", "weight_decay",
-                 "clip_norm", "shuffle_buffer", "end_learning_rate_ratio", "seed"):
+                 "clip_norm", "shuffle_buffer", "end_learning_rate_ratio", "seed",
+                 "loss_upper_bound", "loss_upper_bound_factor", "recovery_max_trials"):
         _at_least(config, name, 0)
     for name in ("embeddings_learning_rate", "layer_mix_learning_rate", "bilstm_learning_rate",
                  "crf_learning_rate"):
@@ -193,6 +200,11 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not 0.0 <= value < 1.0:
             _fail(name, value, "expected a fraction in [0, 1)")
+    if 0.0 < config.loss_upper_bound_factor <= 1.0:
+        _fail("loss_upper_bound_factor", config.loss_upper_bound_factor,
+              "expected 0 (off) or a factor > 1 over the median of recent losses")
+    if not 0.0 < config.recovery_lr_factor < 1.0:
+        _fail("recovery_lr_factor", config.recovery_lr_factor, "expected a factor in (0, 1)")
     if not 0.0 < config.layer_decay <= 1.0:
         _fail("layer_decay", config.layer_decay, "expected a factor in (0, 1]")
     if not 0.0 <= config.adam_beta1 < 1.0 or not 0.0 <= config.adam_beta2 < 1.0:
@@ -392,6 +404,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("progress_bar", True, "Show a progress bar on the terminal.", **f)
     flags.DEFINE_boolean("export", True, "At the end, export the best model as a SavedModel to "
                          "run_dir/export (trainer.export; a failed export only warns).", **f)
+    # Divergence.
+    flags.DEFINE_float("loss_upper_bound", 1e4, "Training diverged when the mean loss per "
+                       "counted token of a --steps_per_loop call exceeds this (a NaN/inf loss "
+                       "or gradient always counts); checked before anything is saved. 0 = no "
+                       "absolute bound.", **f)
+    flags.DEFINE_float("loss_upper_bound_factor", 1000.0, "... or exceeds this many times the "
+                       "median of the recent losses (the last 50 calls; medians below 0.01 "
+                       "count as 0.01). 0 = off.", **f)
+    flags.DEFINE_integer("recovery_max_trials", 0, "On divergence: 0 stops with an error (the "
+                         "checkpoints on disk are all healthy); N > 0 restores the latest "
+                         "checkpoint and retries with the learning rates scaled by "
+                         "--recovery_lr_factor, at most N times over the run.", **f)
+    flags.DEFINE_float("recovery_lr_factor", 0.5, "Learning-rate scale applied at each recovery "
+                       "(cumulative; kept in the checkpoints).", **f)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:

@@ -45,6 +45,7 @@ from typing import Callable
 
 import numpy as np
 
+from data_pipeline.dataset import check_shards
 from data_pipeline.manifest import (MANIFEST_NAME, file_sha256, load_manifest,
                                     write_json_atomic)
 from data_pipeline.records import FEATURES_KEY, append_bytes_feature, feature_spec
@@ -234,6 +235,9 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
                             or file_sha256(shard_path) != entry["sha256"]):
                         entry = None  # not what was recorded: build it again
                 if entry is None:
+                    # The data shard must be what its manifest says (a corrupt one is named
+                    # here, not cached as features).
+                    check_shards(data_manifest, [shard])
                     _build_shard(encode, source_dir / shard["file"], compression, shard_path,
                                  pad_token_id, count)
                     entry = {"file": shard["file"], "records": int(shard["records"]),

@@ -17,13 +17,15 @@ TF2 summaries are stored as tensors: read them back with
 
 from __future__ import annotations
 
-import json
 import os
+import pathlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from data_pipeline.manifest import strict_json_dumps
 from trainer import evaluation
 
 # Evaluation scalars the HParams dashboard shows as columns.
@@ -59,7 +61,8 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
         elif isinstance(value, str):
             flat[name] = value
         elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value, ensure_ascii=False, default=str)
+            flat[name] = strict_json_dumps(value, non_finite="null", ensure_ascii=False,
+                                           default=str)
         else:
             flat[name] = str(value)
     return flat
@@ -213,6 +216,29 @@ class SummaryWriter:
             self._tf.summary.image(tag, image[None], step=int(step), description=description)
         return image
 
+    # ---- restarts ------------------------------------------------------------------------------
+
+    def restart(self, step: int) -> None:
+        """Marks a restart at `step` for TensorBoards that already read the earlier events.
+
+        `truncate_event_files` removes from the files what a resumed run writes again, but a
+        TensorBoard that is running has read them already. This writes an event with
+        `SessionLog.START` at `step`: TensorBoard's Python data path (`--load_fast=false`, its
+        `plugin_event_accumulator`) then drops the events with a step >= `step` it holds
+        (`purge_orphaned_data`, on by default). Its Rust data server (the default) needs no
+        marker: per tag, a step written again replaces the points from that step on.
+        (`event_accumulator.EventAccumulator` ignores the marker for TF2 summaries, which are
+        tensors; it reads the truncated files.)
+        """
+        from tensorflow.core.util import event_pb2
+        from tensorflow.python.ops import summary_ops_v2  # import_event: not in the public API
+
+        tf = self._tf
+        event = event_pb2.Event(step=int(step), wall_time=time.time(),
+                                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+        with self._writer.as_default():
+            summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
+
     # ---- lifetime ------------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -226,6 +252,60 @@ class SummaryWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+EVENT_FILE_MARKER = "tfevents"  # TensorBoard reads every file whose name contains it
+_REWRITE_SUFFIX = ".rewrite.partial"  # no EVENT_FILE_MARKER in it: never read as events
+
+
+def truncate_event_files(logdir: str | os.PathLike, last_step: int) -> int:
+    """Removes every event with a step > `last_step` from the event files in `logdir`.
+
+    A resumed run writes the steps after its checkpoint again (into a new event file); without
+    this every reader would see those steps twice. Files are rewritten atomically (a record a
+    kill cut short is dropped too), a file left with no summary is deleted, and a file with
+    nothing to drop is not touched. Call it before a writer opens a new file in `logdir`.
+
+    Args:
+      logdir: the directory of the event files (a run directory).
+      last_step: the restored step; -1 removes every summary (a run that restarts from scratch).
+
+    Returns:
+      The number of events removed.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    directory = pathlib.Path(logdir)
+    for leftover in directory.glob("*" + _REWRITE_SUFFIX):
+        leftover.unlink()
+    removed = 0
+    for path in sorted(directory.glob(f"*{EVENT_FILE_MARKER}*")):
+        if not path.is_file():
+            continue
+        kept, changed = [], False
+        try:
+            for record in tf.data.TFRecordDataset(str(path)):
+                raw = record.numpy()
+                event = event_pb2.Event.FromString(raw)
+                if event.step > last_step and event.WhichOneof("what") != "file_version":
+                    removed += 1
+                    changed = True
+                else:
+                    kept.append((raw, event.WhichOneof("what")))
+        except tf.errors.DataLossError:  # the tail a kill cut short
+            changed = True
+        if not changed:
+            continue
+        if not any(what == "summary" for _, what in kept):
+            path.unlink()
+            continue
+        partial = path.with_name(path.name.replace(EVENT_FILE_MARKER, "events") + _REWRITE_SUFFIX)
+        with tf.io.TFRecordWriter(str(partial)) as writer:
+            for raw, _ in kept:
+                writer.write(raw)
+        os.replace(partial, path)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------
