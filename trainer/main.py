@@ -30,11 +30,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from data_pipeline.corpus import CorpusError
     from data_pipeline.dataset import ShardError
-    from trainer.checkpointing import RunDirectoryError
+    from trainer.checkpointing import DivergenceError, RunDirectoryError
     from trainer.data import DataError
 
-    return (config_lib.ConfigError, RunDirectoryError, CorpusError, ShardError, DataError,
-            OSError, tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+    return (config_lib.ConfigError, RunDirectoryError, DivergenceError, CorpusError, ShardError,
+            DataError, OSError, tf.errors.InvalidArgumentError, tf.errors.DataLossError,
             tf.errors.NotFoundError)
 
 
