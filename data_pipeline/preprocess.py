@@ -528,8 +528,9 @@ def unknown_word_message(name: str, split: dict, tokenizer: dict, unk_token: str
     if unknown and cased >= unknown / 2 and not lowercases:
         message += (f" Cause: {cased / unknown:.0%} of them are in the vocabulary once lowercased"
                     f": the corpus is cased and the vocabulary of {tokenizer['name']} is not. "
-                    f"Preprocess with --lowercase (preprocess(..., lowercase=True)) to make the "
-                    f"tokenizer lowercase its input.")
+                    f"Preprocess with --lowercase (python -m data_pipeline.preprocess; in Python "
+                    f"preprocess(..., lowercase=True)) so that the tokenizer lowercases its "
+                    f"input.")
     elif unknown and punctuation >= unknown / 2:
         message += (f" Cause: {punctuation / unknown:.0%} of them are punctuation the vocabulary "
                     f"lacks; map it to punctuation the vocabulary has (e.g. “ ” to \") before "
