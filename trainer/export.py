@@ -186,7 +186,8 @@ def prepare_serving_tokenizer(manifest: dict, input_format: str) -> tuple[str, d
     marker = _MARKER_SETTING.get(recorded.get("word_boundary_marker"), "auto")
     try:
         backend, info = tokenization.prepare_tokenizer(
-            recorded["name"], word_boundary_marker=marker, input_format=input_format)
+            recorded["name"], word_boundary_marker=marker, input_format=input_format,
+            lowercase=bool(recorded.get("lowercase", False)))
     except ValueError as e:
         raise ExportError(f"the run's tokenizer cannot be loaded: {e}") from None
     if info.fingerprint != recorded["fingerprint"]:
