@@ -806,10 +806,11 @@ class _Run:
             elapsed = max(time.time() - started, 1e-9)
             first, step = step + 1, int(self.step.numpy())  # fewer than num_steps on a stop
             evaluating = bool(self.eval_every and step % self.eval_every == 0
-                              and step < self.stop_at)
+                              and step < self.stop_at and totals["steps"])
             saving = (step % config.checkpoint_every == 0 or step == self.stop_at
                       or stop.requested)
-            loss = totals["loss_sum"] / max(totals["count"], 1.0)
+            # NaN when no update counted (fp16: the optimizer skipped every one of them).
+            loss = totals["loss_sum"] / totals["count"] if totals["count"] else math.nan
             problem = None
             if totals["steps"]:
                 problem = self._divergence(first, step, loss, totals, norms,
