@@ -3,6 +3,7 @@ whenever what the features depend on changes, and a build that survives being ki
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,3 +215,19 @@ def test_a_killed_build_is_never_read_as_complete_and_restarts(tiny, tmp_path, k
     assert sum(built) == (test_windows if kill_after == 0 else all_windows)
     for batch in make_dataset(cache_dir, "dev", batch_size=64):
         assert batch["features"].shape[-1] == 64
+
+
+def test_a_corrupt_data_shard_is_named_not_cached(tiny, tmp_path):
+    from data_pipeline.dataset import ShardError
+
+    _, manifest_dir, _ = tiny
+    copy = tmp_path / "shards"
+    shutil.copytree(manifest_dir, copy)
+    shard = sorted(copy.glob("dev-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    model = build_tiny_tagger(load_manifest(copy)["label_map"])
+    with pytest.raises(ShardError, match=shard.name + ".*sha256"):
+        feature_cache.ensure_feature_cache(model, copy, tmp_path / "cache", log=lambda _: None)
+    assert not list((tmp_path / "cache").glob("*/" + MANIFEST_NAME))

@@ -53,12 +53,14 @@ def test_early_stopping_stops_after_patience_evaluations_without_progress(tiny, 
                          eval_every=2, early_stopping_patience=2, train_steps=40)
     results = train_and_evaluate(config)
     assert results["early_stopped_at"] == 6 == results["step"]
-    assert dev_f1_steps(run_dir) == [2, 4, 6, 6]  # 3 evaluations, then the final one
+    # 3 evaluations; the final one at the stopping step reuses the last (each step once).
+    assert dev_f1_steps(run_dir) == [2, 4, 6]
     assert json.loads((run_dir / "best" / "best.json").read_text())["step"] == 2
     assert results["test_checkpoint_step"] == 2
     # A restart of the stopped run does not train on.
     again = train_and_evaluate(config)
     assert again["step"] == 6 and again["early_stopped_at"] == 6
+    assert dev_f1_steps(run_dir) == [2, 4, 6]  # its final evaluation replaced the earlier one
 
 
 def test_early_stopping_needs_evaluations(tiny, tmp_path):
