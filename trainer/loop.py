@@ -14,6 +14,16 @@ retrace). Each update, on each replica:
 so one replica with a global batch of B and N replicas with B/N each compute the same gradient,
 and gradient accumulation over k micro-batches equals one batch k times larger. Logging,
 entity scoring and checkpointing stay in plain Python between calls.
+
+Between calls, before anything is logged, evaluated or saved, the call's updates are checked:
+a NaN/inf loss or gradient norm, a loss above --loss_upper_bound or above
+--loss_upper_bound_factor x the median of recent losses, or (before an evaluation or a save)
+non-finite weights mean divergence. The run then stops with `DivergenceError` (the checkpoints
+on disk are all finite), or restores the latest checkpoint with lower learning rates
+(--recovery_max_trials). A restart resumes from the newest finite checkpoint and first removes
+what an earlier attempt logged after it (train_log.jsonl records, events), so each step is
+logged once. SIGTERM ends a call after the update in progress and an evaluation between two
+batches; the loop then saves and returns.
 """
 
 from __future__ import annotations
