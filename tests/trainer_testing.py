@@ -54,6 +54,9 @@ def tiny_args(paths, manifest_dir, tokenizer_dir, run_dir, **overrides):
                   eval_batch_size=32, run_dir=run_dir, progress_bar=False, export=False)
     # Feature caches of frozen runs go beside the run, not into the repo's data_cache/.
     values["data_cache_dir"] = pathlib.Path(run_dir).parent / "data_cache"
+    # float32 whatever the machine: `auto` would pick bf16 on AVX512_BF16 CPUs only, and the
+    # comparisons between runs (mirrored vs one device, resumed vs not) are float32 tolerances.
+    values["mixed_precision"] = "none"
     values.update(overrides)
     args = []
     for name, value in values.items():
