@@ -27,9 +27,9 @@ import models  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from data_pipeline.tags import IGNORE_ID, iob2_allowed_transitions  # noqa: E402
 from models import TaggerConfig, build_tagger  # noqa: E402
 
-IGNORE_ID = -100
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=37, vocab_size=1000)
 
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                          for prefix in ("B", "I")]
     encoder = dict(encoder_config=TINY_BERT) if args.tiny else dict(pretrained=args.pretrained)
     common = dict(encoder, label_map=label_map, bilstm_layers=args.bilstm_layers)
-    taggers = {head: build_tagger(TaggerConfig(head=head, **common))
+    taggers = {head: build_tagger(TaggerConfig(head=head, **common),
+                                  transition_constraints=iob2_allowed_transitions(label_map))
                for head in ("softmax", "crf")}
     # Same encoder (and BiLSTM) weights in both; the classifier is re-initialised per model.
     taggers["crf"].encoder.set_weights(taggers["softmax"].encoder.get_weights())

@@ -67,7 +67,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from data_pipeline.dataset import make_dataset  # noqa: E402
 from data_pipeline.manifest import load_manifest  # noqa: E402
-from data_pipeline.records import IGNORE_ID  # noqa: E402
+from data_pipeline.tags import IGNORE_ID  # noqa: E402
 
 DEFAULT_PRETRAINED = "../shared/models/multilingual-e5-small-zh"
 RECIPES = {

@@ -42,6 +42,8 @@ import unicodedata
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from data_pipeline.tags import split_tag
+
 FORMATS = ("char", "conll")
 SCHEMES = ("bio", "iob1", "bioes", "bmes")
 ON_INVALID = ("repair", "fail")
@@ -353,15 +355,6 @@ def _raw_lines(stream: BinaryIO, end: bytes, block_size: int = 1 << 20) -> Itera
             yield part + end
     if carry:
         yield carry
-
-
-def split_tag(tag: str) -> tuple[str, str]:
-    """`B-PER` -> ("B", "PER"); `O` -> ("O", ""). Accepts `-` or `_` after a one-letter prefix."""
-    if tag == "O":
-        return "O", ""
-    if len(tag) > 2 and tag[1] in "-_":
-        return tag[0], tag[2:]
-    return tag, ""
 
 
 def detect_scheme(prefixes: set[str]) -> str:

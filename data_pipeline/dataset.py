@@ -35,16 +35,15 @@ lists (a corrupt or truncated record) fails the iteration with an error naming i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from data_pipeline.manifest import MANIFEST_NAME, load_manifest
-from data_pipeline.records import (FEATURES_KEY, IGNORE_ID, SCALAR_FEATURES, SEQUENCE_FEATURES,
-                                   feature_spec)
+from data_pipeline.manifest import MANIFEST_NAME, file_sha256, load_manifest
+from data_pipeline.records import FEATURES_KEY, SCALAR_FEATURES, SEQUENCE_FEATURES, feature_spec
+from data_pipeline.tags import IGNORE_ID
 
 CHAR_INDEX_PAD = -1
 
@@ -94,8 +93,7 @@ def check_shards(manifest: dict[str, Any], shards: Sequence[dict[str, Any]], *,
             raise ShardError(f"{where} has {size} bytes but the manifest says {entry['bytes']}: "
                              "truncated or rewritten after preprocessing")
         if verify_checksums:
-            with open(path, "rb") as file:
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
+            digest = file_sha256(path)
             if digest != entry.get("sha256"):
                 raise ShardError(f"{where} has sha256 {digest} but the manifest says "
                                  f"{entry.get('sha256')}: the shard is corrupt or was rewritten")

@@ -44,6 +44,8 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
+from data_pipeline.tags import IGNORE_ID
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "label_map", "max_seq_length", "stride", "compression",
@@ -80,6 +82,9 @@ def load_manifest(path_or_dir: str | os.PathLike) -> dict:
     if manifest["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {manifest['format_version']} is not supported "
                          f"(this version reads {FORMAT_VERSION}); preprocess again")
+    if manifest.get("ignore_id", IGNORE_ID) != IGNORE_ID:  # the label id losses and metrics skip
+        raise ValueError(f"{path}: ignore_id {manifest['ignore_id']} is not this version's "
+                         f"{IGNORE_ID}; preprocess again")
     manifest["directory"] = str(path.parent.resolve())
     return manifest
 

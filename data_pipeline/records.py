@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The label id that losses and metrics skip: special tokens, non-first pieces, padding.
-IGNORE_ID = -100
+from data_pipeline.tags import IGNORE_ID
 
 SEQUENCE_FEATURES = ("input_ids", "label_ids", "char_index")
 SCALAR_FEATURES = ("sentence_id", "window_start", "window_end", "sentence_length")

@@ -34,7 +34,8 @@ class TaggerConfig:
       head: "softmax" (per-token cross-entropy) or "crf" (linear-chain CRF).
       num_tags: number of tags K; defaults to len(label_map).
       label_map: tag strings in IOB2, index = tag id ('O' first); required for CRF constraints.
-      crf_constrain_transitions: CRF decoding never produces an invalid IOB2 sequence.
+      crf_constrain_transitions: CRF decoding never produces an invalid IOB2 sequence; the
+        caller builds the masks from label_map (`Tagger(config, transition_constraints=...)`).
       dropout: dropout on the combined encoder features (before the BiLSTM / classifier).
       vocab_size, embedding_dim: for the "embedding" encoder.
       ignore_id: label id of positions that must not count (padding, specials, sub-tokens).
@@ -106,8 +107,6 @@ class TaggerConfig:
             if self.label_map is None:
                 raise ValueError("head='crf' with crf_constrain_transitions=True needs label_map "
                                  "(IOB2 tags); give it or set crf_constrain_transitions=False")
-            from models.crf import iob2_allowed_transitions  # raises on a non-IOB2 tag
-            iob2_allowed_transitions(self.label_map)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict; TaggerConfig.from_dict(config.to_dict()) == config."""

@@ -22,8 +22,6 @@ Transitions are indexed `transitions[from_tag, to_tag]`.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import tensorflow as tf
 
@@ -222,58 +220,31 @@ def viterbi_decode(
     return tf.where(mask, tags, 0), best_score
 
 
-def iob2_allowed_transitions(label_map: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Which transitions the IOB2 scheme allows.
-
-    `I-X` may only follow `B-X` or `I-X`, and a sentence may not start with `I-X`. Every other
-    transition (into `O` or any `B-Y`) is allowed; a sentence may end in any tag.
-
-    Args:
-      label_map: tag strings, index = tag id: 'O', 'B-T', 'I-T'.
-
-    Returns:
-      (allowed bool [num_tags, num_tags] indexed [from, to], start_allowed bool [num_tags]).
-
-    Raises:
-      ValueError: a tag is not 'O', 'B-<type>' or 'I-<type>'.
-    """
-    parsed = []
-    for tag in label_map:
-        if tag == "O":
-            parsed.append(("O", None))
-        elif len(tag) > 2 and tag[:2] in ("B-", "I-"):
-            parsed.append((tag[0], tag[2:]))
-        else:
-            raise ValueError(
-                f"tag {tag!r} is not IOB2: expected 'O', 'B-<type>' or 'I-<type>' "
-                f"(label_map={list(label_map)})")
-    num_tags = len(parsed)
-    allowed = np.ones([num_tags, num_tags], dtype=bool)
-    start_allowed = np.ones([num_tags], dtype=bool)
-    for to, (to_prefix, to_type) in enumerate(parsed):
-        if to_prefix != "I":
-            continue
-        start_allowed[to] = False
-        for src, (src_prefix, src_type) in enumerate(parsed):
-            allowed[src, to] = src_prefix in ("B", "I") and src_type == to_type
-    return allowed, start_allowed
-
-
 class CRF(tf.keras.layers.Layer):
     """Transition parameters of a linear-chain CRF, with its loss and decoder.
 
     The layer always keeps its variables and computes in float32, whatever the global mixed
     precision policy.
 
-    Constraints (if `label_map` is given and `constrain_transitions`) are applied when DECODING
-    only. The likelihood used for training is unconstrained on purpose: gold paths that break the
-    scheme occur in real data (a sliding window that starts inside an entity begins with I-X;
+    Constraints (if `transition_constraints` are given) are applied when DECODING only. The
+    likelihood used for training is unconstrained on purpose: gold paths that break the scheme
+    occur in real data (a sliding window that starts inside an entity begins with I-X;
     annotation errors give O -> I-X), and under constrained transitions each such sentence would
     cost about 1e4 nats of loss. Training learns low scores for those transitions anyway.
+
+    The constraints are boolean masks, not tags: which tag may follow which is a convention of
+    the tag scheme, and the caller builds them from its label map (the trainer with
+    `data_pipeline.tags.iob2_allowed_transitions`), so this package parses no tag strings.
+
+    Args:
+      num_tags: K.
+      transition_constraints: None (decode unconstrained) or (allowed bool [K, K] indexed
+        [from, to], start_allowed bool [K]); a forbidden transition or first tag is never decoded.
     """
 
-    def __init__(self, num_tags: int, *, label_map: Sequence[str] | None = None,
-                 constrain_transitions: bool = True, name: str = "crf", **kwargs):
+    def __init__(self, num_tags: int, *,
+                 transition_constraints: tuple[np.ndarray, np.ndarray] | None = None,
+                 name: str = "crf", **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(name=name, **kwargs)
         self.num_tags = int(num_tags)
@@ -288,14 +259,17 @@ class CRF(tf.keras.layers.Layer):
             initializer="zeros", trainable=True)
         penalty = np.zeros([self.num_tags, self.num_tags], np.float32)
         start_penalty = np.zeros([self.num_tags], np.float32)
-        if constrain_transitions and label_map is not None:
-            if len(label_map) != self.num_tags:
+        if transition_constraints is not None:
+            allowed, start_allowed = (np.asarray(mask, bool) for mask in transition_constraints)
+            if allowed.shape != (self.num_tags, self.num_tags) or \
+                    start_allowed.shape != (self.num_tags,):
                 raise ValueError(
-                    f"label_map has {len(label_map)} tags but num_tags={self.num_tags}")
-            allowed, start_allowed = iob2_allowed_transitions(label_map)
+                    f"transition_constraints have shapes {allowed.shape} and "
+                    f"{start_allowed.shape}, expected ({self.num_tags}, {self.num_tags}) and "
+                    f"({self.num_tags},) for num_tags={self.num_tags}")
             penalty[~allowed] = FORBIDDEN_TRANSITION_SCORE
             start_penalty[~start_allowed] = FORBIDDEN_TRANSITION_SCORE
-        self.constrained = bool(constrain_transitions and label_map is not None)
+        self.constrained = transition_constraints is not None
         self._transition_penalty = tf.constant(penalty)  # float32 [num_tags, num_tags]
         self._start_penalty = tf.constant(start_penalty)  # float32 [num_tags]
 

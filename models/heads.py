@@ -6,8 +6,7 @@ divides once by the global count (one replica and N replicas give the same gradi
 
 from __future__ import annotations
 
-from typing import Sequence
-
+import numpy as np
 import tensorflow as tf
 
 from models import crf as crf_lib
@@ -69,11 +68,12 @@ class SoftmaxHead:
 class CRFHead:
     """Linear-chain CRF over the labelled positions (see models/crf.py)."""
 
-    def __init__(self, num_tags: int, *, label_map: Sequence[str] | None = None,
-                 constrain_transitions: bool = True, ignore_id: int = -100):
+    def __init__(self, num_tags: int, *,
+                 transition_constraints: tuple[np.ndarray, np.ndarray] | None = None,
+                 ignore_id: int = -100):
         self.ignore_id = ignore_id
-        self.crf = crf_lib.CRF(num_tags, label_map=label_map,
-                               constrain_transitions=constrain_transitions, name="crf")
+        self.crf = crf_lib.CRF(num_tags, transition_constraints=transition_constraints,
+                               name="crf")
 
     def loss(self, logits: tf.Tensor, label_ids: tf.Tensor,
              label_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:

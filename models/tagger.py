@@ -10,6 +10,7 @@ The forward pass is split in two so a frozen encoder can run outside the gradien
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from models import encoders, heads
@@ -18,9 +19,22 @@ from models.config import TaggerConfig
 
 
 class Tagger(tf.keras.Model):
-    """Sequence tagger (Keras 2 model). Build it with `build_tagger(config)`."""
+    """Sequence tagger (Keras 2 model). Build it with `build_tagger(config, ...)`.
 
-    def __init__(self, config: TaggerConfig, **kwargs):
+    Args:
+      config: the architecture.
+      transition_constraints: for head="crf" with crf_constrain_transitions: (allowed bool
+        [num_tags, num_tags] indexed [from, to], start_allowed bool [num_tags]), the tag
+        transitions the label map's scheme allows (the trainer passes
+        `data_pipeline.tags.iob2_allowed_transitions(config.label_map)`; models/ parses no tags).
+        Not used otherwise.
+
+    Raises:
+      ValueError: a bad config, or a constrained CRF without (or with wrongly shaped) masks.
+    """
+
+    def __init__(self, config: TaggerConfig, *,
+                 transition_constraints: tuple[np.ndarray, np.ndarray] | None = None, **kwargs):
         super().__init__(name=kwargs.pop("name", "tagger"), **kwargs)
         config.validate()
         self.config = config
@@ -46,10 +60,15 @@ class Tagger(tf.keras.Model):
             kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
             name="classifier")
         if config.head == "crf":
+            if config.crf_constrain_transitions and transition_constraints is None:
+                raise ValueError(
+                    "head='crf' with crf_constrain_transitions=True needs transition_constraints="
+                    "(allowed, start_allowed), e.g. data_pipeline.tags.iob2_allowed_transitions("
+                    "label_map); or set crf_constrain_transitions=False")
             self._head = heads.CRFHead(
-                config.num_tags, label_map=config.label_map,
-                constrain_transitions=config.crf_constrain_transitions,
-                ignore_id=config.ignore_id)
+                config.num_tags, ignore_id=config.ignore_id,
+                transition_constraints=(transition_constraints
+                                        if config.crf_constrain_transitions else None))
             self.crf = self._head.crf  # tracked by Keras (weights, checkpoints)
         else:
             self._head = heads.SoftmaxHead(ignore_id=config.ignore_id)
@@ -216,17 +235,19 @@ class Tagger(tf.keras.Model):
         return list(self.encoder.variable_groups())
 
 
-def build_tagger(config: TaggerConfig) -> Tagger:
+def build_tagger(config: TaggerConfig, *,
+                 transition_constraints: tuple[np.ndarray, np.ndarray] | None = None) -> Tagger:
     """Creates a tagger and builds all its variables (call it after setting the mixed
     precision policy, which the layers pick up when they are created).
 
     Args:
       config: a TaggerConfig; validated again here.
+      transition_constraints: the CRF's masks, see `Tagger`.
 
     Returns:
       A built Tagger (tf.keras.Model).
     """
-    model = Tagger(config)
+    model = Tagger(config, transition_constraints=transition_constraints)
     dummy = {"input_ids": tf.zeros([1, 2], tf.int32), "attention_mask": tf.ones([1, 2], tf.int32)}
     model(dummy, training=False)
     return model

@@ -8,6 +8,7 @@ import pytest
 import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
+from data_pipeline.tags import iob2_allowed_transitions  # noqa: E402
 from models import crf  # noqa: E402
 
 LABEL_MAP = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
@@ -150,21 +151,6 @@ def test_gradient_of_log_norm_is_marginals():
     np.testing.assert_allclose(marginals.sum(-1), mask.astype(np.float32), atol=1e-5)
 
 
-def test_iob2_allowed_transitions_table():
-    allowed, start_allowed = crf.iob2_allowed_transitions(LABEL_MAP)
-    index = {tag: i for i, tag in enumerate(LABEL_MAP)}
-    assert not allowed[index["O"], index["I-LOC"]]
-    assert not allowed[index["B-PER"], index["I-LOC"]]
-    assert not allowed[index["I-PER"], index["I-LOC"]]
-    assert allowed[index["B-LOC"], index["I-LOC"]]
-    assert allowed[index["I-LOC"], index["I-LOC"]]
-    assert allowed[index["I-LOC"], index["B-PER"]] and allowed[index["I-LOC"], index["O"]]
-    assert list(start_allowed) == [True, True, False, True, False]
-    assert allowed.sum() == 25 - 6
-    with pytest.raises(ValueError, match="not IOB2"):
-        crf.iob2_allowed_transitions(["O", "B-LOC", "E-LOC"])
-
-
 def _is_valid_iob2(tags):
     previous = "O"
     for tag in tags:
@@ -176,13 +162,13 @@ def _is_valid_iob2(tags):
 
 @pytest.mark.parametrize("mode", ["tf_function", "jit_compile"])
 def test_constrained_viterbi_never_outputs_invalid_iob2(mode):
-    layer = crf.CRF(len(LABEL_MAP), label_map=LABEL_MAP, constrain_transitions=True)
+    layer = crf.CRF(len(LABEL_MAP), transition_constraints=iob2_allowed_transitions(LABEL_MAP))
     rng = np.random.default_rng(0)
     # Learned transitions that strongly favour invalid moves, and logits that favour I- tags.
     layer.transitions.assign(rng.normal(size=[5, 5]).astype(np.float32) * 5)
     layer.start_transitions.assign(np.array([0, 0, 20, 0, 20], np.float32))
     decode = _modes()[mode](layer.decode)
-    unconstrained = crf.CRF(len(LABEL_MAP), label_map=LABEL_MAP, constrain_transitions=False)
+    unconstrained = crf.CRF(len(LABEL_MAP))
     unconstrained.set_weights(layer.get_weights())
     invalid_without_constraints = 0
     for trial in range(20):

@@ -12,7 +12,8 @@ import tensorflow as tf
 from data_pipeline import dataset as dataset_module
 from data_pipeline.dataset import (ShardError, bucket_boundaries, make_dataset,
                                    padding_share)
-from data_pipeline.records import IGNORE_ID, encode_example
+from data_pipeline.records import encode_example
+from data_pipeline.tags import IGNORE_ID
 
 PAD_ID = 1
 MAX_SEQ_LENGTH = 64

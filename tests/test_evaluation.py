@@ -14,6 +14,7 @@ from seqeval.metrics import (classification_report, f1_score, precision_score,  
 from seqeval.scheme import IOB2, Entities  # noqa: E402
 
 import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
+from data_pipeline.tags import extract_entities  # noqa: E402
 from data_pipeline.windows import merge_window_predictions  # noqa: E402
 from trainer import evaluation  # noqa: E402
 
@@ -71,18 +72,7 @@ def assert_same_as_seqeval(gold, pred):
     for sentence_id, tags in enumerate(gold + pred):
         expected = sorted((e.tag, e.start, e.end)
                           for e in Entities([tags], IOB2).entities[0])
-        assert sorted(evaluation.extract_entities(tags)) == expected, tags
-
-
-def test_extract_entities_golden():
-    tags = ["O", "I-PER", "B-PER", "I-PER", "I-LOC", "B-LOC", "B-LOC", "I-LOC"]
-    assert evaluation.extract_entities(tags) == [
-        ("PER", 2, 4), ("LOC", 5, 6), ("LOC", 6, 8)]
-    assert evaluation.extract_entities(["B-PER", "I-LOC", "I-LOC", "B-ORG"]) == [
-        ("PER", 0, 1), ("ORG", 3, 4)]
-    assert evaluation.extract_entities([]) == []
-    with pytest.raises(ValueError, match="E-PER"):
-        evaluation.extract_entities(["O", "E-PER"])
+        assert sorted(extract_entities(tags)) == expected, tags
 
 
 def test_scores_golden():
@@ -482,6 +472,7 @@ def test_evaluate_real_pipeline_and_crf_tagger(tmp_path, people_daily_dir, bert_
     from data_pipeline.dataset import make_dataset
     from data_pipeline.manifest import load_manifest
     from data_pipeline.preprocess import preprocess
+    from data_pipeline.tags import iob2_allowed_transitions
     from models import TaggerConfig, build_tagger
 
     chars, gold_tags = read_char_corpus(people_daily_dir / "example.dev")
@@ -499,7 +490,8 @@ def test_evaluate_real_pipeline_and_crf_tagger(tmp_path, people_daily_dir, bert_
     tiny_bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=37, vocab_size=vocab_size, max_position_embeddings=32)
     model = build_tagger(TaggerConfig(encoder_config=tiny_bert, label_map=LABEL_MAP,
-                                      bilstm_layers=1, bilstm_units=8, head="crf"))
+                                      bilstm_layers=1, bilstm_units=8, head="crf"),
+                         transition_constraints=iob2_allowed_transitions(LABEL_MAP))
     dataset = make_dataset(tmp_path / "shards", "dev", batch_size=8)
     result = evaluation.evaluate(model, dataset, LABEL_MAP)
     with_gold = evaluation.evaluate(model, dataset, LABEL_MAP, gold_tags=gold_tags)

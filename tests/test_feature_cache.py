@@ -30,13 +30,14 @@ def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
 
 
 def build_tiny_tagger(label_map, *, hidden_layers="concat", seed=0):
+    from data_pipeline.tags import iob2_allowed_transitions
     from models import TaggerConfig, build_tagger
 
     tf.keras.utils.set_random_seed(seed)
     return build_tagger(TaggerConfig(
         encoder="bert", encoder_config=dict(tt.TINY_BERT), hidden_layers=hidden_layers,
         num_hidden_layers_used=2, bilstm_layers=1, bilstm_units=8, head="crf",
-        label_map=list(label_map)))
+        label_map=list(label_map)), transition_constraints=iob2_allowed_transitions(label_map))
 
 
 def test_append_bytes_feature_is_what_protobuf_serializes():

@@ -9,6 +9,7 @@ import pytest
 import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
+from data_pipeline.tags import iob2_allowed_transitions  # noqa: E402
 from models import Tagger, TaggerConfig, build_tagger  # noqa: E402
 from models.encoders import HiddenLayerCombiner  # noqa: E402
 
@@ -24,6 +25,11 @@ def tiny_config(**overrides):
     values = dict(encoder_config=TINY_BERT, label_map=LABEL_MAP, bilstm_units=8)
     values.update(overrides)
     return TaggerConfig(**values)
+
+
+def build(config):
+    """build_tagger with the CRF masks the trainer passes (ignored by a softmax head)."""
+    return build_tagger(config, transition_constraints=iob2_allowed_transitions(config.label_map))
 
 
 def make_batch(seed=0, lengths=(8, 5, 3), seq_len=8):
@@ -56,19 +62,32 @@ def restore_policy():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(head="crff"), "head='crff' is not one of"),
+    (dict(head="crff"), "head='crff' is invalid: expected one of softmax|crf"),
     (dict(hidden_layers="sum"), "hidden_layers='sum'"),
     (dict(encoder_config=None), "exactly one of pretrained"),
     (dict(pretrained="some/dir"), "exactly one of pretrained"),
     (dict(num_tags=7), "label_map has 5 tags but num_tags=7"),
     (dict(head="crf", label_map=None, num_tags=5), "needs label_map"),
-    (dict(head="crf", label_map=["O", "B-X", "X"]), "not IOB2"),
-    (dict(dropout=1.0), "dropout must be a rate"),
-    (dict(bilstm_layers=-1), "bilstm_layers must be an int >= 0"),
+    (dict(dropout=1.0), r"dropout=1.0 is invalid: expected a fraction in \[0, 1\)"),
+    (dict(bilstm_layers=-1), "bilstm_layers=-1 is invalid: expected a number >= 0"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_a_constrained_crf_needs_masks_that_fit_its_tags():
+    with pytest.raises(ValueError, match="needs transition_constraints"):
+        build_tagger(tiny_config(head="crf"))
+    with pytest.raises(ValueError, match=r"transition_constraints have shapes \(3, 3\)"):
+        build_tagger(tiny_config(head="crf"),
+                     transition_constraints=iob2_allowed_transitions(LABEL_MAP[:3]))
+    # What the trainer does with a label map that is not IOB2 (TaggerConfig parses no tags).
+    with pytest.raises(ValueError, match="not IOB2"):
+        iob2_allowed_transitions(["O", "B-X", "X"])
+    assert build(tiny_config(head="crf")).crf.constrained
+    free = build_tagger(tiny_config(head="crf", crf_constrain_transitions=False))
+    assert not free.crf.constrained
 
 
 def test_config_round_trips_through_dict():
@@ -81,7 +100,7 @@ def test_config_round_trips_through_dict():
 
 def test_too_many_hidden_layers_is_rejected_at_build():
     with pytest.raises(ValueError, match="num_hidden_layers_used=4 but this encoder has 3"):
-        build_tagger(tiny_config(hidden_layers="concat", num_hidden_layers_used=4))
+        build(tiny_config(hidden_layers="concat", num_hidden_layers_used=4))
 
 
 # ---- forward, combination of hidden layers ----------------------------------------------------
@@ -110,8 +129,8 @@ def test_hidden_layer_combiner_values():
 @pytest.mark.parametrize("mode, used, features", [
     ("last", 4, 32), ("concat", 3, 96), ("mean", 2, 32), ("scalar_mix", 3, 32)])
 def test_hidden_layer_modes_in_the_model(mode, used, features):
-    model = build_tagger(tiny_config(hidden_layers=mode, num_hidden_layers_used=used,
-                                     encoder_config=NO_DROPOUT_BERT))
+    model = build(tiny_config(hidden_layers=mode, num_hidden_layers_used=used,
+                              encoder_config=NO_DROPOUT_BERT))
     input_ids, attention_mask, _ = make_batch()
     encoded = model.encode(input_ids, attention_mask, training=False)
     reference = model.encoder.transformer(input_ids=input_ids, attention_mask=attention_mask,
@@ -134,7 +153,7 @@ def test_hidden_layer_modes_in_the_model(mode, used, features):
 @pytest.mark.parametrize("bilstm_layers", [0, 1])
 def test_masked_positions_change_neither_loss_nor_gradients(head, bilstm_layers):
     tf.keras.utils.set_random_seed(0)
-    model = build_tagger(tiny_config(
+    model = build(tiny_config(
         encoder_config=NO_DROPOUT_BERT, head=head, bilstm_layers=bilstm_layers,
         hidden_layers="scalar_mix", num_hidden_layers_used=2, dropout=0.0,
         bilstm_dropout=0.0))
@@ -167,7 +186,7 @@ def test_masked_positions_change_neither_loss_nor_gradients(head, bilstm_layers)
 
 
 def test_bilstm_ignores_padding_in_both_directions():
-    model = build_tagger(tiny_config(bilstm_layers=2, dropout=0.0, bilstm_dropout=0.0))
+    model = build(tiny_config(bilstm_layers=2, dropout=0.0, bilstm_dropout=0.0))
     rng = np.random.default_rng(0)
     lengths = np.array([10, 7, 3])
     short = rng.normal(size=[3, 10, 32]).astype(np.float32)
@@ -193,7 +212,7 @@ def test_bilstm_ignores_padding_in_both_directions():
 
 @pytest.mark.parametrize("head", ["softmax", "crf"])
 def test_decode_respects_label_mask(head):
-    model = build_tagger(tiny_config(head=head))
+    model = build(tiny_config(head=head))
     input_ids, attention_mask, label_ids = make_batch()
     logits = model(dict(input_ids=input_ids, attention_mask=attention_mask))
     label_mask = label_ids != IGNORE
@@ -222,7 +241,7 @@ def test_decode_respects_label_mask(head):
      ["embeddings", "encoder_layer_0", "encoder_layer_1", "layer_mix", "head"]),
 ])
 def test_variable_groups_cover_every_trainable_variable_once(overrides, names):
-    model = build_tagger(tiny_config(**overrides))
+    model = build(tiny_config(**overrides))
     groups = model.variable_groups()
     assert list(groups) == names
     grouped = [v.ref() for variables in groups.values() for v in variables]
@@ -244,7 +263,7 @@ def test_variable_groups_cover_every_trainable_variable_once(overrides, names):
 def test_embedding_baseline_bilstm_crf():
     config = TaggerConfig(encoder="embedding", vocab_size=VOCAB, embedding_dim=16,
                           bilstm_layers=1, bilstm_units=8, head="crf", label_map=LABEL_MAP)
-    model = build_tagger(config)
+    model = build(config)
     groups = model.variable_groups()
     assert list(groups) == ["embeddings", "bilstm", "head", "crf"]
     assert groups["embeddings"][0].shape == (VOCAB, 16)
@@ -259,9 +278,9 @@ def test_embedding_baseline_bilstm_crf():
 
 def test_frozen_encoder_runs_outside_the_tape():
     """encode() outside the tape + tag() inside gives the head the same gradients."""
-    model = build_tagger(tiny_config(encoder_config=NO_DROPOUT_BERT, head="crf",
-                                     bilstm_layers=1, hidden_layers="scalar_mix",
-                                     num_hidden_layers_used=2))
+    model = build(tiny_config(encoder_config=NO_DROPOUT_BERT, head="crf",
+                              bilstm_layers=1, hidden_layers="scalar_mix",
+                              num_hidden_layers_used=2))
     input_ids, attention_mask, label_ids = make_batch()
     trainable = [v for name, variables in model.variable_groups().items()
                  if name not in model.encoder_group_names() for v in variables]
@@ -285,8 +304,8 @@ def test_frozen_encoder_runs_outside_the_tape():
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_builds_and_trains_under_mixed_precision(policy, restore_policy):
     tf.keras.mixed_precision.set_global_policy(policy)
-    model = build_tagger(tiny_config(head="crf", bilstm_layers=1, hidden_layers="scalar_mix",
-                                     num_hidden_layers_used=2))
+    model = build(tiny_config(head="crf", bilstm_layers=1, hidden_layers="scalar_mix",
+                              num_hidden_layers_used=2))
     input_ids, attention_mask, label_ids = make_batch()
     with tf.GradientTape() as tape:
         encoded = model.encode(input_ids, attention_mask, training=True)
@@ -303,8 +322,8 @@ def test_builds_and_trains_under_mixed_precision(policy, restore_policy):
 
 
 def test_xla_train_step_matches_eager():
-    model = build_tagger(tiny_config(encoder_config=NO_DROPOUT_BERT, head="crf",
-                                     bilstm_layers=1, dropout=0.0, bilstm_dropout=0.0))
+    model = build(tiny_config(encoder_config=NO_DROPOUT_BERT, head="crf",
+                              bilstm_layers=1, dropout=0.0, bilstm_dropout=0.0))
     input_ids, attention_mask, label_ids = make_batch()
 
     def loss_and_grads(ids, mask, labels):
@@ -327,6 +346,6 @@ def test_xla_train_step_matches_eager():
 
 
 def test_build_tagger_returns_a_built_keras_model():
-    model = build_tagger(tiny_config())
+    model = build(tiny_config())
     assert isinstance(model, Tagger) and isinstance(model, tf.keras.Model)
     assert model.built and len(model.trainable_variables) == 5 + 2 * 16 + 2

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from data_pipeline import tokenization
+from data_pipeline import tags, tokenization
 from tests import trainer_testing as tt
 from trainer import evaluation, export, predict, serving
 
@@ -24,7 +24,8 @@ def export_dir(tmp_path_factory, bert_chinese_dir):
     from models import TaggerConfig, build_tagger
 
     model = build_tagger(TaggerConfig(encoder_config=tt.TINY_BERT, head="crf",
-                                      label_map=PD_LABELS, dropout=0.0))
+                                      label_map=PD_LABELS, dropout=0.0),
+                         transition_constraints=tags.iob2_allowed_transitions(PD_LABELS))
     backend, info = tokenization.prepare_tokenizer(bert_chinese_dir, word_boundary_marker="auto",
                                                    input_format="char")
     directory = tmp_path_factory.mktemp("predict") / "export"
@@ -95,9 +96,9 @@ def test_word_lines_split_on_spaces_and_tabs_only():
 
 def test_entities_are_the_evaluations_entities():
     random.seed(0)
-    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG"]
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG"]
     for _ in range(500):
-        sequence = random.choices(tags, k=random.randint(0, 12))
+        sequence = random.choices(labels, k=random.randint(0, 12))
         expected = [tuple(e) for e in evaluation.extract_entities(sequence)]
         assert serving.extract_entities(sequence) == expected, sequence
 

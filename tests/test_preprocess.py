@@ -13,6 +13,7 @@ import tensorflow as tf
 from data_pipeline import corpus, records
 from data_pipeline.manifest import load_manifest
 from data_pipeline.preprocess import preprocess
+from data_pipeline.tags import IGNORE_ID
 from data_pipeline.windows import merge_window_predictions
 
 PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
@@ -188,6 +189,11 @@ def test_records_and_manifest_small_corpus(tmp_path, bert_chinese_dir):
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["splits"]["train"]["length_histogram"][5] == 2
     assert np.sum(on_disk["splits"]["train"]["length_histogram"]) == 3
+    # The ignore id the labels above carry is recorded, and a manifest with another is refused.
+    assert on_disk["ignore_id"] == IGNORE_ID == -100
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(dict(on_disk, ignore_id=-1)))
+    with pytest.raises(ValueError, match="ignore_id -1 is not this version's -100"):
+        load_manifest(tmp_path / "out")
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, bert_chinese_dir):

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from data_pipeline import tokenization
+from data_pipeline.tags import iob2_allowed_transitions
 from tests import trainer_testing as tt
 from trainer import export, predict, serving
 
@@ -40,7 +41,8 @@ def export_dir(tmp_path_factory, e5_dir):
                                                    input_format="char")
     tf.keras.utils.set_random_seed(0)
     model = build_tagger(TaggerConfig(encoder_config=dict(tt.TINY_BERT, vocab_size=info.vocab_size),
-                                      head="crf", label_map=PD_LABELS, dropout=0.0))
+                                      head="crf", label_map=PD_LABELS, dropout=0.0),
+                         transition_constraints=iob2_allowed_transitions(PD_LABELS))
     directory = tmp_path_factory.mktemp("tag_text") / "export"
     return export.export_model(model, directory, label_map=PD_LABELS,
                                tokenizer_json=backend.to_str(), tokenizer_info=info.to_json(),
@@ -169,7 +171,8 @@ def test_small_windows_and_characters_of_many_pieces(tmp_path, e5_dir, people_da
                                                    input_format="char")
     tf.keras.utils.set_random_seed(1)
     model = build_tagger(TaggerConfig(encoder_config=dict(tt.TINY_BERT, vocab_size=info.vocab_size),
-                                      head="crf", label_map=PD_LABELS, dropout=0.0))
+                                      head="crf", label_map=PD_LABELS, dropout=0.0),
+                         transition_constraints=iob2_allowed_transitions(PD_LABELS))
     directory = export.export_model(model, tmp_path / "small", label_map=PD_LABELS,
                                     tokenizer_json=backend.to_str(),
                                     tokenizer_info=info.to_json(), max_seq_length=5, stride=1,

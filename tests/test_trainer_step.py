@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data_pipeline.tags import iob2_allowed_transitions
 from models import TaggerConfig, build_tagger
 from trainer import optimization
 from trainer.config import TrainConfig
@@ -43,7 +44,8 @@ def build(config, head="crf", hidden_layers="concat", jit_compile=False):
     model = build_tagger(TaggerConfig(encoder_config=bert, hidden_layers=hidden_layers,
                                       num_hidden_layers_used=2, bilstm_layers=1, bilstm_units=8,
                                       bilstm_dropout=config.bilstm_dropout, head=head,
-                                      label_map=LABELS, dropout=config.dropout))
+                                      label_map=LABELS, dropout=config.dropout),
+                         transition_constraints=iob2_allowed_transitions(LABELS))
     plan = optimization.build_optimization(config, model.variable_groups(),
                                            model.encoder_group_names(), total_steps=10)
     step = tf.Variable(0, dtype=tf.int64)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipeline.records import IGNORE_ID
+from data_pipeline.tags import IGNORE_ID
 from data_pipeline.windows import merge_window_predictions, plan_windows, window_records
 
 

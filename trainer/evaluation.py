@@ -5,12 +5,10 @@ per-window predictions back to one tag per character per sentence (with
 `data_pipeline.windows.merge_window_predictions`: each character takes the tag of the window where
 it has the most context), and scores the sentences.
 
-Entity extraction follows `seqeval.metrics.classification_report(..., mode="strict",
-scheme=IOB2)` exactly: an entity is a `B-T` followed by the longest run of `I-T` of the same type.
-An `I-` that does not continue such a run starts nothing and is simply dropped:
-
-    tags      O  I-PER  B-PER  I-PER  I-LOC  B-LOC  B-LOC  I-LOC
-    entities     -      [PER 2..4)    -      [LOC 5..6)  [LOC 6..8)
+Entities are extracted by `data_pipeline.tags.extract_entities`, exactly as
+`seqeval.metrics.classification_report(..., mode="strict", scheme=IOB2)` does: an entity is a
+`B-T` followed by the longest run of `I-T` of the same type; an `I-` that does not continue such
+a run starts nothing and is simply dropped.
 
 Scores are computed from entity counts in plain Python, with the same float operations as
 seqeval, so the numbers are bit-identical to seqeval's (checked by tests/test_evaluation.py).
@@ -30,57 +28,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from data_pipeline.records import FEATURES_KEY, IGNORE_ID
+from data_pipeline.records import FEATURES_KEY
+from data_pipeline.tags import IGNORE_ID, OUTSIDE_TAG, entity_types, extract_entities
 from data_pipeline.windows import merge_window_predictions
-
-OUTSIDE_TAG = "O"
 
 # ------------------------------------------------------------------------------------------------
 # Entities and scores (pure Python, no TensorFlow)
 # ------------------------------------------------------------------------------------------------
-
-
-class Entity(NamedTuple):
-    """One entity: `tokens[start:end]` of a sentence has type `type`."""
-
-    type: str
-    start: int
-    end: int  # exclusive
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    """Returns (prefix, type) the way seqeval's `Token` does: "B-PER" -> ("B", "PER")."""
-    if not tag or tag[0] not in "BIO":
-        raise ValueError(f"invalid IOB2 tag {tag!r}: expected 'O', 'B-<type>' or 'I-<type>'")
-    return tag[0], tag[1:].strip("-") or "_"
-
-
-def extract_entities(tags: Sequence[str]) -> list[Entity]:
-    """Extracts the entities of one sentence, exactly as seqeval's strict IOB2 mode does.
-
-    Args:
-      tags: IOB2 tag strings of one sentence, e.g. ["B-PER", "I-PER", "O"].
-
-    Returns:
-      Entities in order of their start, e.g. [Entity("PER", 0, 2)].
-
-    Raises:
-      ValueError: a tag whose prefix is not B, I or O.
-    """
-    split = [_split_tag(tag) for tag in tags]
-    entities = []
-    i = 0
-    while i < len(split):
-        prefix, entity_type = split[i]
-        if prefix != "B":
-            i += 1
-            continue
-        end = i + 1
-        while end < len(split) and split[end] == ("I", entity_type):
-            end += 1
-        entities.append(Entity(entity_type, i, end))
-        i = end
-    return entities
 
 
 @dataclasses.dataclass
@@ -163,11 +117,6 @@ def entity_metrics(counts: Mapping[str, EntityCounts], *,
         metrics[f"recall/{entity_type}"] = recall
         metrics[f"f1/{entity_type}"] = f1
     return metrics
-
-
-def entity_types_of_label_map(label_map: Sequence[str]) -> list[str]:
-    """The entity types of an IOB2 label map: ["O", "B-LOC", "I-LOC"] -> ["LOC"]."""
-    return sorted({_split_tag(tag)[1] for tag in label_map if tag != OUTSIDE_TAG})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,7 +351,7 @@ def evaluate(model, dataset, label_map: Sequence[str], *, strategy=None,
         predictions.sort(key=lambda p: p.sentence_id)
 
     counts = count_entities([p.gold for p in predictions], [p.pred for p in predictions])
-    metrics = entity_metrics(counts, entity_types=entity_types_of_label_map(label_map))
+    metrics = entity_metrics(counts, entity_types=entity_types(label_map))
     metrics["token_accuracy"] = correct_tokens / counted_tokens if counted_tokens else 0.0
     metrics["loss"] = loss_sum / loss_count if loss_count else math.nan
     return EvaluationResult(metrics, predictions, counts, num_windows)

@@ -233,12 +233,15 @@ def build_model(run: RunInfo, checkpoint_prefix: str):
     if tagger.pretrained is not None:
         # Same architecture from the config alone; the checkpoint supplies every weight.
         tagger = dataclasses.replace(tagger, pretrained=None, encoder_config=tagger.pretrained)
+    from data_pipeline.tags import iob2_allowed_transitions
     from models import build_tagger
     from trainer import precision
 
     with precision.global_policy(precision.resolve(config.mixed_precision)[0]):
         try:
-            model = build_tagger(tagger)
+            constrained = tagger.head == "crf" and tagger.crf_constrain_transitions
+            model = build_tagger(tagger, transition_constraints=iob2_allowed_transitions(
+                tagger.label_map) if constrained else None)
         except (OSError, ValueError) as e:
             raise ExportError(f"cannot rebuild the run's model: {e}") from None
     status = tf.train.Checkpoint(model=model).read(checkpoint_prefix)

@@ -42,10 +42,10 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from data_pipeline.tags import IGNORE_ID
 from trainer import checkpointing, data, optimization, precision
 from trainer.config import ConfigError, TrainConfig
 
-IGNORE_ID = -100  # == data_pipeline.records.IGNORE_ID
 FEATURES_KEY = "features"  # == data_pipeline.records.FEATURES_KEY
 TRAIN_LOG = "train_log.jsonl"
 RESULTS = "results.json"
@@ -119,21 +119,14 @@ def _encoder_config_value(value: str) -> str | dict | None:
 
 
 def tagger_config(config: TrainConfig, manifest: dict):
+    """The model's config: the run's model settings, and the tags and vocabulary of its data."""
     from models import TaggerConfig
 
-    bert = config.uses_bert
-    return TaggerConfig(
-        encoder=config.encoder,
-        pretrained=(config.pretrained or None) if bert else None,
-        encoder_config=_encoder_config_value(config.encoder_config) if bert else None,
-        hidden_layers=config.hidden_layers,
-        num_hidden_layers_used=config.num_hidden_layers_used,
-        bilstm_layers=config.bilstm_layers, bilstm_units=config.bilstm_units,
-        bilstm_dropout=config.bilstm_dropout, head=config.head,
-        label_map=list(manifest["label_map"]),
-        crf_constrain_transitions=config.crf_constrain_transitions, dropout=config.dropout,
-        vocab_size=None if bert else int(manifest["tokenizer"]["vocab_size"]),
-        embedding_dim=config.embedding_dim)
+    settings = dict(config.model_settings(),
+                    encoder_config=_encoder_config_value(config.encoder_config))
+    return TaggerConfig(**settings, label_map=list(manifest["label_map"]),
+                        vocab_size=None if config.uses_bert
+                        else int(manifest["tokenizer"]["vocab_size"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -478,9 +471,13 @@ class _Run:
 
             token_ids = split_token_ids(self.manifest_dir, "train")
         with self.strategy.scope():
+            from data_pipeline.tags import iob2_allowed_transitions
             from models import build_tagger
 
-            self.model = build_tagger(tagger_config(config, self.manifest))
+            tagger = tagger_config(config, self.manifest)
+            constrained = tagger.head == "crf" and tagger.crf_constrain_transitions
+            self.model = build_tagger(tagger, transition_constraints=iob2_allowed_transitions(
+                tagger.label_map) if constrained else None)
             self.plan = optimization.build_optimization(
                 config, self.model.variable_groups(), list(self.model.encoder_group_names()),
                 self.total_steps, token_embeddings=self.model.token_embedding_variables(),
@@ -592,7 +589,7 @@ class _Run:
                 self.input_dir, "train", batch_size=batch_size, bucketing=config.bucketing,
                 shuffle=config.shuffle_buffer > 0, shuffle_buffer=max(config.shuffle_buffer, 1),
                 seed=config.seed, repeat=True, input_context=input_context,
-                pad_to_length=None if config.bucketing else config.max_seq_length,
+                pad_to_length=None,  # without bucketing: the manifest's max_seq_length
                 verify_checksums=False)
             # Each step takes one batch per replica from this pipeline.
             replicas_per_pipeline = replicas // input_context.num_input_pipelines

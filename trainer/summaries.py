@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.manifest import strict_json_dumps
+from data_pipeline.tags import Entity, extract_entities
 from trainer import evaluation
 
 # Evaluation scalars the HParams dashboard shows as columns.
@@ -319,7 +320,7 @@ def _escape_markdown(text: str) -> str:
     return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
 
 
-def _entity_text(tokens: Sequence[str], entity: evaluation.Entity) -> str:
+def _entity_text(tokens: Sequence[str], entity: Entity) -> str:
     separator = "" if all(len(t) == 1 for t in tokens) else " "  # characters vs words
     return _escape_markdown(separator.join(tokens[entity.start:entity.end])) + f" ({entity.type})"
 
@@ -336,11 +337,11 @@ def examples_markdown(predictions: Sequence[evaluation.SentencePrediction],
     for prediction in sorted(predictions, key=lambda p: p.sentence_id):
         if shown >= max_examples:
             break
-        gold = evaluation.extract_entities(prediction.gold)
+        gold = extract_entities(prediction.gold)
         if only_with_entities and not gold:
             continue
         tokens = list(sentences[prediction.sentence_id])
-        pred = evaluation.extract_entities(prediction.pred)
+        pred = extract_entities(prediction.pred)
         gold_set = set(gold)
         separator = "" if all(len(t) == 1 for t in tokens) else " "
         rendered_pred = [_entity_text(tokens, e) if e in gold_set
