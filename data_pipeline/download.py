@@ -1,12 +1,16 @@
 """Downloading the public corpora, checked against the git blob ids of their upstream files.
 
-    python -m data_pipeline.download --corpus=people_daily --output_dir=data/people_daily
+    python -m data_pipeline.download --corpus=people_daily --output_dir=data/people_daily \\
+        [--splits=dev,test] [--base_url=MIRROR]
 
 People's Daily NER (the corpus kashgari's `ChineseDailyNerCorpus` loads) comes from the GitHub
 repository zjy-ucas/ChineseNER at a fixed commit. Each file is checked with the id git gives it
 (`git hash-object FILE`), so a truncated, LFS-pointer or altered copy is refused. Files are written
 under a temporary name and renamed when complete and checked: an interrupted download never
 leaves a file that looks finished.
+
+Flags are absl flags (`--helpfull` lists them); a bad or missing flag, a failed download or a
+file that is not the expected one ends with `error: ...` and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import pathlib
 import sys
 import urllib.request
 from collections.abc import Callable
+
+from absl import flags
+
+from data_pipeline.cli import parse_flags
 
 CORPORA = {
     "people_daily": {
@@ -107,15 +115,29 @@ def download_corpus(name: str, output_dir: str | os.PathLike, *, splits=None,
     return paths
 
 
-def main(argv=None) -> None:
-    import argparse
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Declares the command's flags on `flag_values`."""
+    f = dict(flag_values=flag_values)
+    flags.DEFINE_enum("corpus", "people_daily", sorted(CORPORA), "The corpus to download.", **f)
+    flags.DEFINE_string("output_dir", None, "Where the files go (created if missing).",
+                        required=True, **f)
+    flags.DEFINE_list("splits", None, "Comma-separated splits to download, e.g. dev,test "
+                      "(default: all).", **f)
+    flags.DEFINE_string("base_url", None, "A mirror of the corpus files (or a file:// "
+                        "directory).", **f)
 
-    parser = argparse.ArgumentParser(description="Download a public NER corpus, checked.")
-    parser.add_argument("--corpus", default="people_daily", choices=sorted(CORPORA))
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--splits", nargs="*", default=None)
-    parser.add_argument("--base_url", default=None, help="a mirror of the corpus files")
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the command line (argv without the program name; default sys.argv[1:]).
+
+    Raises:
+      SystemExit: 2 after a bad flag or a failed download (the message printed), 0 after
+        --helpfull.
+    """
+    args = flags.FlagValues()
+    define_flags(args)
+    parse_flags(args, argv, program="python -m data_pipeline.download",
+                description=__doc__)
     try:
         download_corpus(args.corpus, args.output_dir, splits=args.splits, base_url=args.base_url,
                         log=lambda message: print(message, flush=True))

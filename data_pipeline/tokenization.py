@@ -25,7 +25,7 @@ uppercase Latin letter into the unknown token: "Paris" -> [UNK], "paris" -> "par
 `lowercase=True` the tokenizer itself lowercases (a BERT normaliser as do_lower_case=True sets
 it, which also strips accents as BERT's uncased models do; any other normaliser gets a
 `Lowercase` step after it). The change is in the tokenizer's JSON, so the shards and everything
-that runs the same JSON (the export's tokenizer, `trainer.predict`, `tag_text`) lowercase alike;
+that runs the same JSON (the export's tokenizer, `serving.predict`, `tag_text`) lowercase alike;
 the manifest records it as `tokenizer.lowercase` (and the fingerprint differs).
 """
 

@@ -47,3 +47,23 @@ def test_unknown_corpus_or_split():
         download.download_corpus("conll9999", "x")
     with pytest.raises(ValueError, match="has no split"):
         download.download_corpus("people_daily", "x", splits=["validation"])
+
+
+def test_command_line_flags_help_and_errors(tmp_path, people_daily_dir, capsys):
+    mirror = people_daily_dir.resolve().as_uri() + "/"
+    download.main([f"--output_dir={tmp_path / 'pd'}", "--splits=dev,test", f"--base_url={mirror}"])
+    assert sorted(p.name for p in (tmp_path / "pd").iterdir()) == ["example.dev", "example.test"]
+    assert "example.test: downloaded and checked" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        download.main(["--helpfull"])
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("Downloading the public corpora") and "--splits" in help_text
+    for argv, message in ((["--splits=dev"], "--output_dir must have a value"),
+                          ([f"--output_dir={tmp_path}", "--corpus=conll"], "should be one of"),
+                          ([f"--output_dir={tmp_path}", "dev"], "unexpected arguments ['dev']"),
+                          ([f"--output_dir={tmp_path}", "--splits=validation"], "has no split")):
+        with pytest.raises(SystemExit) as stop:
+            download.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith("error: ") and message in err, err

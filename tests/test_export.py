@@ -19,8 +19,9 @@ import tensorflow as tf
 from data_pipeline import records, tokenization
 from data_pipeline.preprocess import preprocess
 from tests import trainer_testing as tt
+import serving
 from trainer import config as config_lib
-from trainer import export, serving
+from trainer import export
 from trainer.loop import train_and_evaluate
 
 MAX_SEQ_LENGTH = 32  # budget 30 pieces: a tenth of the test sentences need several windows
@@ -80,11 +81,11 @@ def test_export_reproduces_the_trainers_test_predictions(run_dir, export_dir, tm
     # A fresh process runs the real command line, then lists what it imported.
     script = textwrap.dedent(f"""
         import json, runpy, sys
-        sys.argv = ["trainer.predict", "--export_dir={export_dir}", "--input_file={raw}",
+        sys.argv = ["serving.predict", "--export_dir={export_dir}", "--input_file={raw}",
                     "--format=conll", "--batch_size=7"]
         with open({str(output)!r}, "w", encoding="utf-8") as sys.stdout:
             try:
-                runpy.run_module("trainer.predict", run_name="__main__", alter_sys=True)
+                runpy.run_module("serving.predict", run_name="__main__", alter_sys=True)
             except SystemExit as stop:
                 assert not stop.code, stop.code
         json.dump(sorted(sys.modules), open({str(modules)!r}, "w"))
@@ -106,7 +107,7 @@ def test_export_reproduces_the_trainers_test_predictions(run_dir, export_dir, tm
     heavy = [name for name in imported if name.split(".")[0] in ("transformers", "models", "torch")
              or name in ("trainer.config", "trainer.loop", "trainer.export", "trainer.data")]
     assert not heavy, heavy
-    assert "tokenizers" in imported and "trainer.serving" in imported
+    assert "tokenizers" in imported and "serving.predictor" in imported
 
 
 def test_tag_text_reproduces_the_trainers_test_predictions(run_dir, export_dir):
@@ -180,7 +181,8 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
         import importlib.abc, json, sys
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("trainer", "models", "data_pipeline", "transformers"):
+                if name.split(".")[0] in ("trainer", "models", "data_pipeline", "serving",
+                                          "transformers"):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         import tensorflow as tf
@@ -255,6 +257,28 @@ def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_p
     assert "no checkpoint" in warnings[0] and "python -m trainer.export" in warnings[0]
 
 
+def test_command_line_flags_help_and_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        export.main(["--helpfull"])
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--run_dir", "--checkpoint", "--export_dir", "--save_pretrained", "--overwrite"):
+        assert flag in help_text
+    for argv, message in (([f"--export_dir={tmp_path}"], "--run_dir must have a value"),
+                          (["--run_dir=r", "--export_dir=e", "--save_pretrained=pt"],
+                           "should be one of <h5|safetensors>"),
+                          (["--run_dir=r", "--export_dir=e", "extra"], "unexpected arguments")):
+        with pytest.raises(SystemExit) as stop:
+            export.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith("error: ") and message in err, err
+    # A flagfile (absl's) holds the same flags; the run directory is then the missing thing.
+    flagfile = tmp_path / "export.flags"
+    flagfile.write_text(f"--run_dir={tmp_path / 'missing'}\n--export_dir={tmp_path / 'e'}\n")
+    assert export.main([f"--flagfile={flagfile}"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
 def test_e5_export_tokenizes_lines_exactly_like_preprocessing(tmp_path, e5_dir, people_daily_dir):
     """XLM-R style tokenizer: the exported tokenizer keeps preprocessing's `prepend_scheme=never`
     (no bare `▁` per character), and a raw line gets the very windows preprocessing wrote."""
@@ -321,7 +345,7 @@ def test_pretrained_e5_export_reproduces_people_daily_test(tmp_path, people_dail
     raw.write_text("".join("".join(char for char, _ in s) + "\n" for s in trainer_sentences),
                    encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.predict", f"--export_dir={directory}",
+        [sys.executable, "-m", "serving.predict", f"--export_dir={directory}",
          f"--input_file={raw}", "--format=conll", "--batch_size=64"], cwd=tt.REPO,
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

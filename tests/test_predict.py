@@ -1,4 +1,4 @@
-"""trainer.predict / trainer.serving: raw lines -> entities whose offsets slice the original line,
+"""serving.predict / serving.Predictor: raw lines -> entities whose offsets slice the original line,
 spaces and full-width spaces, windows of long lines, and a clear message for every bad input."""
 
 import io
@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+import serving
 from data_pipeline import tags, tokenization
+from serving import predict
 from tests import trainer_testing as tt
-from trainer import evaluation, export, predict, serving
+from trainer import export
 
 PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 MAX_SEQ_LENGTH = 16  # budget 14: most People's Daily sentences need several windows
@@ -52,7 +54,7 @@ def test_cli_entities_slice_the_original_people_daily_lines(export_dir, people_d
     path = tmp_path / "test.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.predict", f"--export_dir={export_dir}",
+        [sys.executable, "-m", "serving.predict", f"--export_dir={export_dir}",
          f"--input_file={path}"], cwd=tt.REPO, capture_output=True, text=True, timeout=240,
         env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -99,8 +101,11 @@ def test_entities_are_the_evaluations_entities():
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG"]
     for _ in range(500):
         sequence = random.choices(labels, k=random.randint(0, 12))
-        expected = [tuple(e) for e in evaluation.extract_entities(sequence)]
-        assert serving.extract_entities(sequence) == expected, sequence
+        expected = [tuple(e) for e in tags.extract_entities(sequence)]  # what evaluation scores
+        text = "".join(str(i % 10) for i in range(len(sequence)))
+        served = serving.entities_of(text, [(i, i + 1) for i in range(len(sequence))], sequence,
+                                     [1.0] * len(sequence))
+        assert [(e["type"], e["start"], e["end"]) for e in served] == expected, sequence
 
 
 def test_long_lines_and_batching_do_not_change_the_tags(predictor, people_daily_dir):
@@ -222,3 +227,29 @@ def test_a_directory_as_input_file_is_named_as_such(export_dir, tmp_path):
     assert predict.main([f"--export_dir={export_dir}", f"--input_file={tmp_path}"],
                         stdin=io.BytesIO(b""), stdout=io.StringIO(), stderr=err) == 2
     assert err.getvalue() == f"error: --input_file={tmp_path} is a directory, expected a file\n"
+
+
+def test_flags_help_and_usage_errors_exit_before_the_export_is_read(capsys):
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--helpfull"], stdin=io.BytesIO(b""))
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("Tag raw text with an export")
+    for flag in ("--export_dir", "--input_file", "--format", "--batch_size", "--max_line_chars"):
+        assert flag in help_text
+    for argv, message in (([], "--export_dir must have a value"),
+                          (["--export_dir=x", "--format=xml"], "should be one of <jsonl|conll>"),
+                          (["--export_dir=x", "--batch_size=two"], "--batch_size=two"),
+                          (["--export_dir=x", "--bogus=1"], "Unknown command line flag 'bogus'")):
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as stop:
+            predict.main(argv, stdin=io.BytesIO(b""), stdout=io.StringIO(), stderr=err)
+        assert stop.value.code == 2, argv
+        assert err.getvalue().startswith("error: ") and message in err.getvalue(), err.getvalue()
+        assert "python -m serving.predict --helpfull lists the flags" in err.getvalue()
+
+
+def test_the_old_command_name_runs_the_same_main():
+    from trainer import predict as old_name
+
+    assert old_name.main is predict.main

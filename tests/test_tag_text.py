@@ -1,5 +1,5 @@
 """The text-in signature `tag_text`: raw UTF-8 lines in, entities out, everything inside the
-SavedModel. On People's Daily test it returns exactly what `trainer.predict` returns; it runs in
+SavedModel. On People's Daily test it returns exactly what `serving.predict` returns; it runs in
 a process that cannot import this project and through `saved_model_cli run`; bad input gets a
 defined answer; a word-level export says why it has no such signature."""
 
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import serving
 from data_pipeline import tokenization
 from data_pipeline.tags import iob2_allowed_transitions
+from serving import predict
 from tests import trainer_testing as tt
-from trainer import export, predict, serving
+from trainer import export
 
 PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 MAX_SEQ_LENGTH = 128  # the shipped configs' windows: budget 126 pieces, 79 test lines need more
@@ -77,7 +79,7 @@ def entities_by_line(outputs, count):
 
 
 def predict_cli(export_dir, lines, tmp_path):
-    """trainer.predict's command line on `lines` written to a file: per line its entities."""
+    """serving.predict's command line on `lines` written to a file: per line its entities."""
     path = tmp_path / "lines.txt"
     path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode("utf-8"))
                               + b"\n" for line in lines))
@@ -95,7 +97,7 @@ def assert_same_entities(ours, theirs):
     assert len(ours) == len(theirs)
     for index, (a, b) in enumerate(zip(ours, theirs)):
         assert [e[:4] for e in a] == [e[:4] for e in b], f"line {index + 1} differs"
-        # trainer.predict rounds scores to 6 decimals.
+        # serving.predict rounds scores to 6 decimals.
         assert [e[4] for e in a] == pytest.approx([e[4] for e in b], abs=1e-6), index + 1
 
 
@@ -141,13 +143,13 @@ def test_bad_input_gets_a_defined_answer(export_dir, tag_text, people_daily_dir,
     errors = [e.decode() for e in outputs["error"]]
     assert errors[:2] == [serving.EMPTY_LINE] * 2
     assert errors[2] == errors[4] == errors[5] == errors[6] == ""
-    # Invalid bytes read as U+FFFD exactly as Python's errors="replace" (trainer.predict's
+    # Invalid bytes read as U+FFFD exactly as Python's errors="replace" (serving.predict's
     # reading), so offsets count the replaced text.
     assert outputs["num_chars"][2] == len(lines[2].decode("utf-8", errors="replace")) == 6
     assert outputs["num_chars"][5] == 1  # a truncated character: one U+FFFD, tagged
     assert errors[3] == serving.NORMALISED_AWAY  # the normaliser drops control characters
     assert outputs["num_chars"][4] == 100_000
-    # Exactly trainer.predict's entities (and messages) for all of it, the 100k line included.
+    # Exactly serving.predict's entities (and messages) for all of it, the 100k line included.
     theirs, messages = predict_cli(export_dir, lines, tmp_path)
     assert_same_entities(entities_by_line(outputs, len(lines)), theirs)
     assert f"line 1: {serving.EMPTY_LINE}; skipped" in messages
@@ -195,8 +197,8 @@ BLOCK_PROJECT = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("trainer", "models", "data_pipeline", "tests", "transformers",
-                                  "tokenizers"):
+        if name.split(".")[0] in ("trainer", "models", "data_pipeline", "serving", "tests",
+                                  "transformers", "tokenizers"):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 try:

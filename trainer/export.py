@@ -3,11 +3,11 @@
     python -m trainer.export --run_dir=runs/pd --export_dir=exports/pd \\
         [--checkpoint=best|latest|PATH] [--save_pretrained=h5|safetensors] [--overwrite]
 
-The export directory alone is enough to serve (`trainer.predict`, `trainer.serving.Predictor`,
+The export directory alone is enough to serve (`serving.predict`, `serving.Predictor`,
 or `tf.saved_model.load` from any Python with TensorFlow): a SavedModel whose signature
 "serving_default" maps (input_ids, attention_mask, label_mask) to (tag_ids, scores, tag_probs),
 CRF Viterbi decoding inside the graph, plus the label map, the tokenizer exactly as preprocessing
-used it, the windowing settings and export.json (see `trainer.serving` for the layout).
+used it, the windowing settings and export.json (see `serving.export_format` for the layout).
 
 A character model's SavedModel also has the signature "tag_text": raw UTF-8 lines in, entities
 with character offsets out, tokenization (a per-code-point piece table built here with the real
@@ -22,6 +22,9 @@ config only: the checkpoint holds every weight, so the pretrained weights are no
 
 `--checkpoint=best` (the default) is the model of the best dev evaluation (run_dir/best); a run
 that kept none (no dev evaluation finished) falls back to the latest checkpoint, with a note.
+
+Flags are absl flags (`--helpfull` lists them, `--flagfile=FILE` reads them from a file). A bad or
+missing flag, like a run that cannot be exported, ends with `error: ...` and exit status 2.
 """
 
 from __future__ import annotations
@@ -39,17 +42,18 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
 
+from absl import flags  # noqa: E402
+
+from data_pipeline.cli import parse_flags  # noqa: E402
 from data_pipeline.manifest import file_sha256, replace_directory  # noqa: E402
-from trainer import serving  # noqa: E402
+from data_pipeline.tags import entity_type  # noqa: E402
+from serving import export_format  # noqa: E402
+from serving.export_format import ExportError, read_json  # noqa: E402
 
 CHECKPOINT_CHOICES = ("best", "latest")
 PRETRAINED_FORMATS = ("h5", "safetensors")
 ENCODER_DIR = "encoder"
 _MARKER_SETTING = {"dropped": "drop", "kept": "keep", "none": "auto"}
-
-
-class ExportError(ValueError):
-    """The run directory, checkpoint or export directory cannot be used; the message says why."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -77,13 +81,8 @@ class RunInfo:
 
 
 def _read_json(path: pathlib.Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{path.parent} is not a run directory ({path.name} is missing: {what})"
-                          ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, missing=f"{path.parent} is not a run directory ({path.name} is "
+                                   f"missing: {what})")
 
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
@@ -268,7 +267,7 @@ def tag_windows(model, input_ids, attention_mask, label_mask):
 
     Returns:
       {"tag_ids" int32 [B, T], "scores" float32 [B], "tag_probs" float32 [B, T]}, tags and
-      probabilities 0 outside label_mask (see `trainer.serving.SIGNATURE`).
+      probabilities 0 outside label_mask (see `serving.export_format.SIGNATURE`).
     """
     import tensorflow as tf
 
@@ -290,7 +289,7 @@ def tag_windows(model, input_ids, attention_mask, label_mask):
 
 
 def serving_function(model):
-    """The serving tf.function of a tagger (see `trainer.serving.SIGNATURE`).
+    """The serving tf.function of a tagger (see `serving.export_format.SIGNATURE`).
 
     Args:
       model: a built Tagger (models/ API).
@@ -315,7 +314,7 @@ def serving_function(model):
 # The text-in signature (character models)
 # ------------------------------------------------------------------------------------------------
 #
-# "tag_text" does in the graph what `trainer.serving.Predictor` does in Python, step for step:
+# "tag_text" does in the graph what `serving.Predictor` does in Python, step for step:
 #
 #   b"北京 欢迎你"  -unicode_decode->  北 京 ␠ 欢 迎 你        (invalid bytes -> U+FFFD, as Python)
 #                 -drop separators->  tokens at offsets 0 1 3 4 5   (spaces, tabs, line ends)
@@ -415,7 +414,7 @@ def text_signature_unavailable(tokenizer_json: str, input_format: str) -> str | 
     if input_format != "char":
         return ("word-level model (input_format=conll): splitting words into WordPiece or "
                 "SentencePiece pieces inside the graph needs tensorflow-text, which this project "
-                "does not depend on; tokenize with trainer.predict / trainer.serving and call "
+                "does not depend on; tokenize with serving.predict / serving.Predictor and call "
                 "serving_default")
     if not TokenEncoder(Tokenizer.from_str(tokenizer_json), 0).context_free:
         return ("the tokenizer's pieces for a character depend on its position in the line "
@@ -427,8 +426,8 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
                             prefix_ids: list[int], suffix_ids: list[int], pad_token_id: int,
                             max_seq_length: int, stride: int,
                             window_batch_size: int = TEXT_WINDOW_BATCH,
-                            max_line_chars: int = serving.MAX_LINE_CHARS):
-    """The text-in tf.function of a character tagger (see `trainer.serving.TEXT_SIGNATURE`).
+                            max_line_chars: int = export_format.MAX_LINE_CHARS):
+    """The text-in tf.function of a character tagger (`serving.export_format.TEXT_SIGNATURE`).
 
     Args:
       model: a built Tagger (models/ API) of a character model.
@@ -450,9 +449,9 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
         raise ExportError(f"max_seq_length={max_seq_length} leaves no room for a piece beside "
                           f"the special tokens")
     num_tags = len(label_map)
-    kinds = [serving.kind_of(tag) for tag in label_map]
+    kinds = [entity_type(tag) for tag in label_map]
     kind_names = sorted(set(kinds))
-    separators = np.asarray([ord(c) for c in serving.SEPARATORS], np.int32)
+    separators = np.asarray([ord(c) for c in export_format.SEPARATORS], np.int32)
     too_long = (f"more than max_line_chars={max_line_chars:,} characters; split it into "
                 f"several lines")
 
@@ -485,14 +484,14 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
         is_token = tf.reduce_all(code_points[:, None] != separators[None, :], axis=1)
         entry = tf.searchsorted(run_starts, code_points, side="right", out_type=i64) - 1
 
-        # Lines that are not tagged, with trainer.predict's reasons.
+        # Lines that are not tagged, with serving.predict's reasons.
         tokens_in_line = segment_sum(tf.cast(is_token, i64), char_line, num_lines)
         real_in_line = segment_sum(tf.cast(is_token & ~gather(pieceless_of, entry), i64),
                                    char_line, num_lines)
         long_line = num_chars > max_line_chars
         error = tf.where(long_line, too_long, tf.where(
-            tokens_in_line == 0, serving.EMPTY_LINE,
-            tf.where(real_in_line == 0, serving.NORMALISED_AWAY, "")))
+            tokens_in_line == 0, export_format.EMPTY_LINE,
+            tf.where(real_in_line == 0, export_format.NORMALISED_AWAY, "")))
         tagged = is_token & gather(~long_line & (real_in_line > 0), char_line)
 
         # Tokens of the lines to tag, line by line: N of them.
@@ -533,7 +532,7 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
             lambda start, active, *_: tf.reduce_any(active), plan,
             [tf.zeros_like(line_tokens), line_tokens > 0, vectors(), vectors(), vectors(),
              tf.constant(0)])
-        # Line by line, each line's windows in order: the order trainer.serving sees them in.
+        # Line by line, each line's windows in order: the order serving.Predictor sees them in.
         order = tf.argsort(lines_out.concat(), stable=True)
         window_line = gather(lines_out.concat(), order)              # [W]
         window_start = gather(starts_out.concat(), order)            # [W] line-local tokens
@@ -567,7 +566,7 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
         width = tf.shape(input_ids)[1]
 
         # The model over windows of similar length, window_batch_size at a time (the batches
-        # trainer.serving.Predictor makes for up to 256 lines).
+        # serving.Predictor makes for up to 256 lines).
         by_length = tf.argsort(lengths, stable=True)
         num_batches = (num_windows + window_batch_size - 1) // window_batch_size
 
@@ -623,7 +622,7 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
                                                    chars.row_splits).to_tensor(default_value="")
         probs_out = tf.RaggedTensor.from_row_splits(char_prob, chars.row_splits).to_tensor()
 
-        # Entities, strict IOB2 (trainer.serving.extract_entities): a token continues the
+        # Entities, strict IOB2 (data_pipeline.tags.extract_entities): a token continues the
         # entity of the token before it if it is an I- of the same type after a B- or I-. Runs
         # of continuing tokens start at a head; a run whose head is a B- is an entity.
         previous = tf.roll(token_tag, 1, axis=0)
@@ -720,8 +719,8 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
 
     export_dir = pathlib.Path(export_dir).resolve()
     _check_export_dir(export_dir, overwrite)
-    if input_format not in serving.INPUT_FORMATS:
-        raise ExportError(f"input_format must be one of {serving.INPUT_FORMATS}, got "
+    if input_format not in export_format.INPUT_FORMATS:
+        raise ExportError(f"input_format must be one of {export_format.INPUT_FORMATS}, got "
                           f"{input_format!r}")
     if save_pretrained is not None:
         if save_pretrained not in PRETRAINED_FORMATS:
@@ -739,7 +738,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
         # every Keras layer's call functions: the serving function is the whole graph.
         module.model_variables = list(model.variables)
         module.serve = serving_function(model)
-        signatures = {serving.SIGNATURE_NAME: module.serve}
+        signatures = {export_format.SIGNATURE_NAME: module.serve}
         unavailable = text_signature_unavailable(tokenizer_json, input_format)
         if unavailable is None:
             module.tag_text = text_signature_function(
@@ -748,20 +747,21 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
                 suffix_ids=list(tokenizer_info["suffix_ids"]),
                 pad_token_id=int(tokenizer_info["pad_token_id"]),
                 max_seq_length=int(max_seq_length), stride=int(stride))
-            signatures[serving.TEXT_SIGNATURE_NAME] = module.tag_text
-            text_signature = {"name": serving.TEXT_SIGNATURE_NAME, **serving.TEXT_SIGNATURE,
-                              "max_line_chars": serving.MAX_LINE_CHARS,
+            signatures[export_format.TEXT_SIGNATURE_NAME] = module.tag_text
+            text_signature = {"name": export_format.TEXT_SIGNATURE_NAME,
+                              **export_format.TEXT_SIGNATURE,
+                              "max_line_chars": export_format.MAX_LINE_CHARS,
                               "window_batch_size": TEXT_WINDOW_BATCH}
         else:
             text_signature = {"name": None, "unavailable": unavailable}
         tf.saved_model.save(module, str(staging), signatures=signatures)
-        _write_json(staging / serving.LABEL_MAP_FILE, list(label_map))
-        (staging / serving.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-        _write_json(staging / serving.TOKENIZER_INFO_FILE, tokenizer_info)
+        _write_json(staging / export_format.LABEL_MAP_FILE, list(label_map))
+        (staging / export_format.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        _write_json(staging / export_format.TOKENIZER_INFO_FILE, tokenizer_info)
         preprocessing = {"max_seq_length": int(max_seq_length), "stride": int(stride),
                          "input_format": input_format,
                          "word_boundary_marker": tokenizer_info.get("word_boundary_marker")}
-        _write_json(staging / serving.PREPROCESSING_FILE, preprocessing)
+        _write_json(staging / export_format.PREPROCESSING_FILE, preprocessing)
         pretrained = None
         if save_pretrained is not None:
             pretrained = _save_pretrained(model, staging / ENCODER_DIR, save_pretrained,
@@ -770,8 +770,8 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
         for path in files:  # save_pretrained writes some files private (0600)
             path.chmod(0o644)
         checksums = {str(path.relative_to(staging)): file_sha256(path) for path in files}
-        _write_json(staging / serving.EXPORT_MANIFEST, {
-            "format_version": serving.EXPORT_FORMAT_VERSION,
+        _write_json(staging / export_format.EXPORT_MANIFEST, {
+            "format_version": export_format.EXPORT_FORMAT_VERSION,
             "created_by": "trainer.export",
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
@@ -781,7 +781,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
             "preprocessing": preprocessing,
             "tokenizer": {k: tokenizer_info.get(k) for k in ("name", "fingerprint",
                                                              "word_boundary_marker")},
-            "signature": {"name": serving.SIGNATURE_NAME, **serving.SIGNATURE},
+            "signature": {"name": export_format.SIGNATURE_NAME, **export_format.SIGNATURE},
             "text_signature": text_signature,
             "encoder_pretrained": pretrained,
             "versions": _versions(),
@@ -898,7 +898,7 @@ def export_after_training(run_dir: str | os.PathLike, *,
     try:
         return export_run(run_dir, target, checkpoint=checkpoint, save_pretrained=save_pretrained,
                           overwrite=True, log=log)
-    except (ExportError, serving.ExportError, OSError) as e:
+    except (ExportError, OSError) as e:
         warn(f"export to {target} failed: {e}; retry with `python -m trainer.export "
              f"--run_dir={run_dir} --export_dir={target}`")
         return None
@@ -909,34 +909,37 @@ def export_after_training(run_dir: str | os.PathLike, *,
 # ------------------------------------------------------------------------------------------------
 
 
-def _parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.export",
-        description="Export a run's checkpoint as a SavedModel directory that alone can serve.")
-    parser.add_argument("--run_dir", required=True, help="Run directory of trainer.main.")
-    parser.add_argument("--checkpoint", default="best",
-                        help="best (default; the best dev evaluation), latest, or a checkpoint "
-                             "prefix or directory.")
-    parser.add_argument("--export_dir", required=True, help="Where the export is written.")
-    parser.add_argument("--save_pretrained", choices=PRETRAINED_FORMATS, default=None,
-                        help="Also write the fine-tuned encoder with transformers' "
-                             "save_pretrained into EXPORT_DIR/encoder.")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Replace an existing, non-empty --export_dir.")
-    return parser
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Declares the command's flags on `flag_values`."""
+    f = dict(flag_values=flag_values)
+    flags.DEFINE_string("run_dir", None, "Run directory of trainer.main.", required=True, **f)
+    flags.DEFINE_string("checkpoint", "best", "best (default; the best dev evaluation), latest, "
+                        "or a checkpoint prefix or directory.", **f)
+    flags.DEFINE_string("export_dir", None, "Where the export is written.", required=True, **f)
+    flags.DEFINE_enum("save_pretrained", None, PRETRAINED_FORMATS, "Also write the fine-tuned "
+                      "encoder with transformers' save_pretrained into EXPORT_DIR/encoder.", **f)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing, non-empty --export_dir.", **f)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 2 bad input)."""
-    args = _parser().parse_args(argv)
+    """Runs the command line; returns the exit status (0 ok, 2 bad input).
+
+    Args:
+      argv: the arguments without the program name (default: sys.argv[1:]); absl flags
+        (`--helpfull` lists them, `--flagfile=FILE` reads them from a file).
+
+    Raises:
+      SystemExit: 0 after --helpfull, 2 after a bad or missing flag (the message printed).
+    """
+    args = flags.FlagValues()
+    define_flags(args)
+    parse_flags(args, argv, program="python -m trainer.export", description=__doc__)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         export_run(args.run_dir, args.export_dir, checkpoint=args.checkpoint,
                    save_pretrained=args.save_pretrained, overwrite=args.overwrite,
                    log=lambda message: print(message, flush=True))
-    except (ExportError, serving.ExportError, FileNotFoundError) as e:
+    except (ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
