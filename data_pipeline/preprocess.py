@@ -96,10 +96,10 @@ def _check_arguments(splits, *, max_seq_length, stride, input_format, tag_scheme
         raise ValueError(f"compression must be none or gzip, got {compression!r}")
     if sentences_per_shard < 1:
         raise ValueError(f"sentences_per_shard must be >= 1, got {sentences_per_shard}")
-    if max_seq_length < 8:
-        raise ValueError(f"max_seq_length must be >= 8, got {max_seq_length}")
-    if stride < 0:
-        raise ValueError(f"stride must be >= 0, got {stride}")
+    problem = windows.window_settings_problem(max_seq_length, stride)
+    if problem:
+        name, value, accepted = problem
+        raise ValueError(f"{name}={value!r} is invalid: {accepted}")
 
 
 def _scan(job: tuple[str, str, str, int, int, int]) -> dict:
@@ -232,7 +232,7 @@ def _write_shard(task: dict) -> dict:
     encoder, info = _WORKER["encoder"], _WORKER["info"]
     label_to_id = {label: i for i, label in enumerate(task["label_map"])}
     max_seq_length, stride = task["max_seq_length"], task["stride"]
-    budget = max_seq_length - len(info.prefix_ids) - len(info.suffix_ids)
+    budget = windows.window_budget(max_seq_length, info.prefix_ids, info.suffix_ids)
     histogram = np.zeros(max_seq_length + 1, dtype=np.int64)
     entities: collections.Counter = collections.Counter()
     repaired: collections.Counter = collections.Counter()
@@ -317,7 +317,8 @@ def _run(function: Callable, jobs: list, pool) -> list:
 
 
 def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLike,
-               tokenizer: str | os.PathLike, *, max_seq_length: int = 128, stride: int = 32,
+               tokenizer: str | os.PathLike, *, max_seq_length: int = windows.MAX_SEQ_LENGTH,
+               stride: int = windows.STRIDE,
                input_format: str = "auto", tag_scheme: str = "auto", on_invalid: str = "repair",
                label_map: list[str] | None = None, word_boundary_marker: str = "auto",
                compression: str = "none", sentences_per_shard: int = 8192,
@@ -396,11 +397,6 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
     if info.lowercase:
         log(f"note: the tokenizer lowercases its input (lowercase); fingerprint "
             f"{info.fingerprint[:12]}")
-    budget = max_seq_length - len(info.prefix_ids) - len(info.suffix_ids)
-    if stride >= budget:
-        raise ValueError(f"stride ({stride}) must be smaller than max_seq_length minus the special "
-                         f"tokens ({budget})")
-
     if num_workers is None:
         # Starting a worker costs about a second (Python, numpy, later TensorFlow's writer), so
         # small corpora are done in this process.
@@ -647,8 +643,10 @@ def define_flags() -> None:
     flags.DEFINE_string("test", None, "Test split corpus file.")
     flags.DEFINE_string("output_dir", None, "Where shards and manifest.json are written.")
     flags.DEFINE_string("tokenizer", None, "transformers fast tokenizer: a directory or hub name.")
-    flags.DEFINE_integer("max_seq_length", 128, "Pieces per window, special tokens included.")
-    flags.DEFINE_integer("stride", 32, "Most pieces shared by two windows of a long sentence.")
+    flags.DEFINE_integer("max_seq_length", windows.MAX_SEQ_LENGTH,
+                         "Pieces per window, special tokens included.")
+    flags.DEFINE_integer("stride", windows.STRIDE,
+                         "Most pieces shared by two windows of a long sentence.")
     flags.DEFINE_enum("input_format", "auto", ["auto", *corpus.FORMATS], "Corpus file format.")
     flags.DEFINE_enum("tag_scheme", "auto", ["auto", *corpus.SCHEMES], "Tag scheme of the files.")
     flags.DEFINE_enum("on_invalid", "repair", list(corpus.ON_INVALID),

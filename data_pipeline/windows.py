@@ -24,6 +24,30 @@ import numpy as np
 
 from data_pipeline.tags import IGNORE_ID
 
+# The windowing settings, here only: preprocessing's and the trainer's defaults and their rule.
+MAX_SEQ_LENGTH = 128  # pieces per window, special tokens included
+STRIDE = 32  # most pieces two consecutive windows of a sentence share
+MAX_POSITIONS = 512  # BERT's position embeddings: no window may be longer
+
+
+def window_settings_problem(max_seq_length: int, stride: int) -> tuple[str, int, str] | None:
+    """The first bad windowing setting as (name, value, what it accepts), or None if both fit.
+
+    The overlap must stay below half a window, so every window brings new characters.
+    """
+    if not 8 <= max_seq_length <= MAX_POSITIONS:
+        return "max_seq_length", max_seq_length, f"expected 8..{MAX_POSITIONS} (BERT positions)"
+    if not 0 <= stride < max_seq_length // 2:
+        return "stride", stride, (f"expected 0..{max_seq_length // 2 - 1} (the window overlap "
+                                  f"must leave room for new characters)")
+    return None
+
+
+def window_budget(max_seq_length: int, prefix_ids: Sequence[int],
+                  suffix_ids: Sequence[int]) -> int:
+    """Pieces a window holds besides its special tokens ([CLS] ... [SEP])."""
+    return max_seq_length - len(prefix_ids) - len(suffix_ids)
+
 
 def plan_windows(piece_counts: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
     """Cuts a sentence into windows of whole tokens.
