@@ -8,6 +8,15 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from models.config import TaggerConfig  # noqa: E402
-from models.tagger import Tagger, build_tagger  # noqa: E402
 
 __all__ = ["TaggerConfig", "Tagger", "build_tagger"]
+
+
+def __getattr__(name: str):
+    """`Tagger` and `build_tagger` import TensorFlow, so only when asked for: the trainer's
+    config (which inherits `models.config.ModelSettings`) must load without it."""
+    if name in ("Tagger", "build_tagger"):
+        from models import tagger
+
+        return getattr(tagger, name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

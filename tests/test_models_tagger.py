@@ -62,14 +62,14 @@ def restore_policy():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(head="crff"), "head='crff' is not one of"),
+    (dict(head="crff"), "head='crff' is invalid: expected one of softmax|crf"),
     (dict(hidden_layers="sum"), "hidden_layers='sum'"),
     (dict(encoder_config=None), "exactly one of pretrained"),
     (dict(pretrained="some/dir"), "exactly one of pretrained"),
     (dict(num_tags=7), "label_map has 5 tags but num_tags=7"),
     (dict(head="crf", label_map=None, num_tags=5), "needs label_map"),
-    (dict(dropout=1.0), "dropout must be a rate"),
-    (dict(bilstm_layers=-1), "bilstm_layers must be an int >= 0"),
+    (dict(dropout=1.0), r"dropout=1.0 is invalid: expected a fraction in \[0, 1\)"),
+    (dict(bilstm_layers=-1), "bilstm_layers=-1 is invalid: expected a number >= 0"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -194,3 +194,53 @@ def test_run_directory_of_another_run_is_refused_before_tensorflow(corpus, tmp_p
     (run_dir / "config.json").write_text("{broken")
     with pytest.raises(ConfigError, match="cannot read .*config.json"):
         config_lib.check_run_dir(config)
+
+
+def test_every_flag_comes_from_the_one_declaration():
+    """Each flag's type, default, help and choices are its TrainConfig field's; the model's fields
+    are models.config.ModelSettings' own (inherited, not declared a second time)."""
+    import dataclasses
+
+    from absl import flags
+
+    from models.config import ModelSettings, TaggerConfig
+
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    fields = {field.name: field for field in dataclasses.fields(config_lib.TrainConfig)}
+    assert set(flag_values) == set(fields)
+    kinds = {"str": flags.ArgumentParser, "int": flags.IntegerParser, "float": flags.FloatParser,
+             "bool": flags.BooleanParser}
+    for name, field in fields.items():
+        flag = flag_values[name]
+        default = None if field.default is dataclasses.MISSING else field.default
+        assert flag.default == config_lib.FLAG_DEFAULTS.get(name, default), name
+        assert field.metadata["help"], name
+        if field.metadata["choices"]:
+            choices = list(field.metadata["choices"])
+            assert flag.parser.enum_values == choices, name
+            assert flag.help == f"<{'|'.join(choices)}>: {field.metadata['help']}", name
+            assert field.default in field.metadata["choices"], name
+        else:
+            assert flag.help == field.metadata["help"], name
+            assert type(flag.parser) is kinds[field.type.split("|")[0].strip()], name
+    assert set(config_lib.FLAG_DEFAULTS) == {"train_file", "dev_file", "test_file", "pretrained"}
+    for field in dataclasses.fields(ModelSettings):
+        assert fields[field.name] is field  # the very same declaration
+        assert {f.name: f for f in dataclasses.fields(TaggerConfig)}[field.name] is field
+
+
+def test_flag_and_python_api_name_the_same_rule(corpus):
+    """One rule, two spellings of its name: `--dropout=...` as a flag, `dropout=...` in Python."""
+    from models.config import TaggerConfig
+
+    with pytest.raises(ConfigError, match=r"^--dropout=1.5 is invalid: expected a fraction"):
+        config_lib.parse_flags(base_args(corpus) + ["--dropout=1.5"])
+    with pytest.raises(ValueError, match=r"^dropout=1.5 is invalid: expected a fraction"):
+        TaggerConfig(encoder_config={}, num_tags=3, dropout=1.5)
+    with pytest.raises(ConfigError, match=r"^--max_seq_length=600 is invalid: expected 8\.\.512"):
+        config_lib.parse_flags(base_args(corpus) + ["--max_seq_length=600"])
+    from data_pipeline.preprocess import preprocess
+
+    with pytest.raises(ValueError, match=r"^max_seq_length=600 is invalid: expected 8\.\.512"):
+        preprocess({"train": str(corpus)}, corpus.parent / "out", "t", max_seq_length=600)

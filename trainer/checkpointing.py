@@ -42,14 +42,6 @@ class RunDirectoryError(RuntimeError):
     """The run directory holds a different run; pass --overwrite or --resume_mismatched."""
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """'--name: old -> new' for every run-defining field that differs."""
-    ignored = config_lib.RUN_CONTROL_FIELDS
-    names = sorted((set(old) | set(new)) - ignored)
-    return [f"--{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in names
-            if old.get(name) != new.get(name)]
-
-
 def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, *,
                     is_chief: bool = True) -> bool:
     """Creates or checks the run directory and writes config.json (chief only).
@@ -68,7 +60,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, 
     resuming = config_path.is_file()
     if resuming:
         old = json.loads(config_path.read_text())
-        differences = config_differences(old, config.to_dict())
+        differences = config_lib.config_differences(old, config.to_dict())
         if differences and not config.resume_mismatched:
             raise RunDirectoryError(
                 f"{run_dir} was created with a different config ({'; '.join(differences)}). "

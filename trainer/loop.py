@@ -119,21 +119,14 @@ def _encoder_config_value(value: str) -> str | dict | None:
 
 
 def tagger_config(config: TrainConfig, manifest: dict):
+    """The model's config: the run's model settings, and the tags and vocabulary of its data."""
     from models import TaggerConfig
 
-    bert = config.uses_bert
-    return TaggerConfig(
-        encoder=config.encoder,
-        pretrained=(config.pretrained or None) if bert else None,
-        encoder_config=_encoder_config_value(config.encoder_config) if bert else None,
-        hidden_layers=config.hidden_layers,
-        num_hidden_layers_used=config.num_hidden_layers_used,
-        bilstm_layers=config.bilstm_layers, bilstm_units=config.bilstm_units,
-        bilstm_dropout=config.bilstm_dropout, head=config.head,
-        label_map=list(manifest["label_map"]),
-        crf_constrain_transitions=config.crf_constrain_transitions, dropout=config.dropout,
-        vocab_size=None if bert else int(manifest["tokenizer"]["vocab_size"]),
-        embedding_dim=config.embedding_dim)
+    settings = dict(config.model_settings(),
+                    encoder_config=_encoder_config_value(config.encoder_config))
+    return TaggerConfig(**settings, label_map=list(manifest["label_map"]),
+                        vocab_size=None if config.uses_bert
+                        else int(manifest["tokenizer"]["vocab_size"]))
 
 
 # ------------------------------------------------------------------------------------------------
