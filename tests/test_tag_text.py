@@ -33,18 +33,24 @@ EXTRA_LINES = [" 北京\t欢迎 你。\u3000新华社 ", "ＡＢＣ公司１９�
                "新华社😀电𝐀𝐁", "中国\r", "\u200b\u200d北京"]
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, e5_dir):
-    """An untrained tiny BERT + CRF with the e5 (SentencePiece) tokenizer as preprocessing
-    prepares it: it tags at random, so there are entities of every type and length."""
+def untrained_crf_tagger(e5_dir, seed):
+    """(An untrained tiny BERT + CRF, the e5 tokenizer as preprocessing prepares it, its info)."""
     from models import TaggerConfig, build_tagger
 
     backend, info = tokenization.prepare_tokenizer(e5_dir, word_boundary_marker="auto",
                                                    input_format="char")
-    tf.keras.utils.set_random_seed(0)
+    tf.keras.utils.set_random_seed(seed)
     model = build_tagger(TaggerConfig(encoder_config=dict(tt.TINY_BERT, vocab_size=info.vocab_size),
                                       head="crf", label_map=PD_LABELS, dropout=0.0),
                          transition_constraints=iob2_allowed_transitions(PD_LABELS))
+    return model, backend, info
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, e5_dir):
+    """An untrained tiny BERT + CRF with the e5 (SentencePiece) tokenizer as preprocessing
+    prepares it: it tags at random, so there are entities of every type and length."""
+    model, backend, info = untrained_crf_tagger(e5_dir, seed=0)
     directory = tmp_path_factory.mktemp("tag_text") / "export"
     return export.export_model(model, directory, label_map=PD_LABELS,
                                tokenizer_json=backend.to_str(), tokenizer_info=info.to_json(),
@@ -167,14 +173,7 @@ def test_bad_input_gets_a_defined_answer(export_dir, tag_text, people_daily_dir,
 def test_small_windows_and_characters_of_many_pieces(tmp_path, e5_dir, people_daily_dir):
     """Windows of 3 pieces overlapping by 1: characters of 3, 5 and 7 pieces (cut to the
     budget, alone in their window) among one-piece characters, long lines of many windows."""
-    from models import TaggerConfig, build_tagger
-
-    backend, info = tokenization.prepare_tokenizer(e5_dir, word_boundary_marker="auto",
-                                                   input_format="char")
-    tf.keras.utils.set_random_seed(1)
-    model = build_tagger(TaggerConfig(encoder_config=dict(tt.TINY_BERT, vocab_size=info.vocab_size),
-                                      head="crf", label_map=PD_LABELS, dropout=0.0),
-                         transition_constraints=iob2_allowed_transitions(PD_LABELS))
+    model, backend, info = untrained_crf_tagger(e5_dir, seed=1)
     directory = export.export_model(model, tmp_path / "small", label_map=PD_LABELS,
                                     tokenizer_json=backend.to_str(),
                                     tokenizer_info=info.to_json(), max_seq_length=5, stride=1,
