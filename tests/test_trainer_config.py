@@ -244,3 +244,16 @@ def test_flag_and_python_api_name_the_same_rule(corpus):
 
     with pytest.raises(ValueError, match=r"^max_seq_length=600 is invalid: expected 8\.\.512"):
         preprocess({"train": str(corpus)}, corpus.parent / "out", "t", max_seq_length=600)
+
+
+def test_a_setting_added_later_reads_as_its_default_in_an_old_run_directory(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = config_lib.parse_flags(base_args(corpus) + [f"--run_dir={run_dir}",
+                                                         "--mixed_precision=none"])
+    old = config.to_dict()
+    del old["lowercase"]  # config.json of a run made before --lowercase existed
+    (run_dir / "config.json").write_text(json.dumps(old))
+    config_lib.check_run_dir(config)
+    with pytest.raises(ConfigError, match=r"--lowercase: False -> True"):
+        config_lib.check_run_dir(config.replace(lowercase=True))

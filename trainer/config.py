@@ -82,6 +82,10 @@ class TrainConfig(ModelSettings):
                                   help="Pieces per window (incl. special tokens).")
     stride: int = setting(windows.STRIDE, help="Characters of overlap between windows of a long "
                           "sentence.")
+    lowercase: bool = setting(False, help="Make the tokenizer lowercase its input (a cased "
+                              "corpus with an uncased vocabulary such as bert-base-chinese's); "
+                              "recorded in the manifest and the export, so serving lowercases "
+                              "too.")
     data_cache_dir: str = setting("data_cache", help="Where preprocessed shards are cached, one "
                                   "sub-directory per fingerprint of the inputs.")
     manifest: str = setting("", help="Use this preprocessed directory (or manifest.json) instead "

@@ -6,16 +6,15 @@ windowing settings, `ensure_preprocessed` runs `data_pipeline.preprocess.preproc
     <data_cache_dir>/<fingerprint[:16]>/manifest.json + shards
 
 where the fingerprint is the sha256 of everything the shards depend on (the corpus files' sha256,
-the tokenizer files' sha256, max_seq_length, stride, the manifest format version). The next run
-with the same inputs finds the manifest and reuses the shards; change one byte of a corpus or a
-setting and it gets a new directory.
+the tokenizer files' sha256, max_seq_length, stride, lowercase when set, the manifest format
+version). The next run with the same inputs finds the manifest and reuses the shards; change one
+byte of a corpus or a setting and it gets a new directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 from typing import Callable
 
@@ -26,7 +25,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json",
                     "merges.txt")
 _SPLITS = ("train", "dev", "test")
-_SMALL_CORPUS_BYTES = 2 << 20
 
 
 class DataError(ValueError):
@@ -51,13 +49,16 @@ def preprocessing_inputs(config: TrainConfig) -> dict:
     """Everything the preprocessed shards depend on (hashed into the cache key)."""
     from data_pipeline.manifest import FORMAT_VERSION
 
-    return {
+    inputs = {
         "files": {split: file_sha256(getattr(config, f"{split}_file")) for split in _SPLITS},
         "tokenizer": tokenizer_fingerprint(config.tokenizer),
         "max_seq_length": config.max_seq_length,
         "stride": config.stride,
         "format_version": FORMAT_VERSION,
     }
+    if config.lowercase:  # only when set: the caches made before the flag existed stay valid
+        inputs["lowercase"] = True
+    return inputs
 
 
 def cache_key(inputs: dict) -> str:
@@ -92,12 +93,11 @@ def ensure_preprocessed(config: TrainConfig, *, log: Callable[[str], None] = pri
     log(f"preprocessing {config.train_file} (+ dev, test) into {output_dir}")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     files = {split: getattr(config, f"{split}_file") for split in _SPLITS}
-    # A worker pool costs seconds to start; below a few MB one process is faster.
-    small = sum(os.path.getsize(path) for path in files.values()) < _SMALL_CORPUS_BYTES
     try:
+        # num_workers=None: preprocess decides (one process for a small corpus).
         preprocess.preprocess(files, output_dir, config.tokenizer,
                               max_seq_length=config.max_seq_length, stride=config.stride,
-                              num_workers=0 if small else None, log=log)
+                              lowercase=config.lowercase, num_workers=None, log=log)
     except corpus.CorpusError:
         raise
     except ValueError as error:

@@ -444,7 +444,9 @@ def text_signature_function(model, table: PieceTable, *, label_map: list[str],
     import numpy as np
     import tensorflow as tf
 
-    budget = max_seq_length - len(prefix_ids) - len(suffix_ids)
+    from data_pipeline.windows import window_budget
+
+    budget = window_budget(max_seq_length, prefix_ids, suffix_ids)
     if budget < 1:
         raise ExportError(f"max_seq_length={max_seq_length} leaves no room for a piece beside "
                           f"the special tokens")
@@ -780,7 +782,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
             "label_map": list(label_map),
             "preprocessing": preprocessing,
             "tokenizer": {k: tokenizer_info.get(k) for k in ("name", "fingerprint",
-                                                             "word_boundary_marker")},
+                                                             "word_boundary_marker", "lowercase")},
             "signature": {"name": export_format.SIGNATURE_NAME, **export_format.SIGNATURE},
             "text_signature": text_signature,
             "encoder_pretrained": pretrained,

@@ -589,7 +589,7 @@ class _Run:
                 self.input_dir, "train", batch_size=batch_size, bucketing=config.bucketing,
                 shuffle=config.shuffle_buffer > 0, shuffle_buffer=max(config.shuffle_buffer, 1),
                 seed=config.seed, repeat=True, input_context=input_context,
-                pad_to_length=None if config.bucketing else config.max_seq_length,
+                pad_to_length=None,  # without bucketing: the manifest's max_seq_length
                 verify_checksums=False)
             # Each step takes one batch per replica from this pipeline.
             replicas_per_pipeline = replicas // input_context.num_input_pipelines
