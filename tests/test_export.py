@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import serving
 from data_pipeline import records, tokenization
 from data_pipeline.preprocess import preprocess
+from data_pipeline.tags import extract_entities
 from tests import trainer_testing as tt
-import serving
 from trainer import config as config_lib
 from trainer import export
 from trainer.loop import train_and_evaluate
@@ -120,7 +121,7 @@ def test_tag_text_reproduces_the_trainers_test_predictions(run_dir, export_dir):
     for row, sentence in enumerate(trainer_sentences):
         tags = [tag.decode() for tag in outputs["tags"][row][:len(sentence)]]
         assert tags == [tag for _, tag in sentence], f"sentence {row} differs"
-        entities = serving.extract_entities(tags)
+        entities = extract_entities(tags)
         assert outputs["num_entities"][row] == len(entities)
         for k, (kind, start, end) in enumerate(entities):
             assert (outputs["entity_type"][row][k].decode(), outputs["entity_start"][row][k],
