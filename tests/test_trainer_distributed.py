@@ -108,9 +108,6 @@ def free_ports(count):
     return ports
 
 
-@pytest.mark.xfail(strict=False, reason="failed once on 2026-12-02 after the row-compact "
-                   "embedding update and mixed_precision=auto landed; not yet diagnosed (issue 8 "
-                   "note)")
 def test_two_workers_match_one_process(tiny, single_device_run, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     run_dir = tmp_path / "multi_worker"
