@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -252,7 +252,8 @@ def _local_values(outputs, strategy) -> list[dict[str, np.ndarray]]:
 
 def evaluate(model, dataset, label_map: Sequence[str], *, strategy=None,
              gold_tags: Sequence[Sequence[str]] | None = None,
-             max_batches: int | None = None) -> EvaluationResult:
+             max_batches: int | None = None,
+             progress: Callable[[int], Any] | None = None) -> EvaluationResult:
     """Runs `model` over `dataset` and scores the merged per-sentence predictions.
 
     Args:
@@ -274,6 +275,8 @@ def evaluate(model, dataset, label_map: Sequence[str], *, strategy=None,
         with a warning (unless max_batches cut the evaluation short; then only sentences seen are
         scored).
       max_batches: stop after this many batches (for quick checks in tests).
+      progress: called after each batch with the number of windows scored so far (e.g.
+        `trainer.progress.ProgressBar.update`, whose total is the split's window count).
 
     Returns:
       An EvaluationResult (metrics, predictions, entity_counts, num_windows); see there.
@@ -310,6 +313,8 @@ def evaluate(model, dataset, label_map: Sequence[str], *, strategy=None,
                                                    "sentence_length", "char_index", "tag_ids",
                                                    "label_ids")))
                 num_windows += 1
+        if progress is not None:
+            progress(num_windows)
 
     correct_tokens = 0
     counted_tokens = 0
