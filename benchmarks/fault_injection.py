@@ -222,11 +222,11 @@ def checkpoint_values(run_dir: pathlib.Path) -> dict:
 
 
 def event_steps(run_dir: pathlib.Path) -> dict[str, list[int]]:
-    from tensorboard.backend.event_processing import event_accumulator
+    from trainer import summaries
 
-    accumulator = event_accumulator.EventAccumulator(str(run_dir), size_guidance={
+    # RUN_DIR and its split directories (train/, dev/, test/), by flat name ("dev/f1").
+    accumulator = summaries.RunEvents(run_dir, size_guidance={
         "tensors": 0, "scalars": 0, "images": 0})
-    accumulator.Reload()
     return {tag: [event.step for event in accumulator.Tensors(tag)]
             for tag in accumulator.Tags()["tensors"] if not tag.startswith("_hparams_")}
 

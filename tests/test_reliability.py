@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from data_pipeline.dataset import ShardError
 from data_pipeline.manifest import load_manifest
@@ -174,8 +173,7 @@ def test_train_log_keeps_each_step_once(tmp_path):
 
 
 def tensor_steps(logdir):
-    accumulator = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0})
-    accumulator.Reload()
+    accumulator = summaries.RunEvents(logdir)  # RUN_DIR and its split directories
     return {tag: [e.step for e in accumulator.Tensors(tag)]
             for tag in accumulator.Tags()["tensors"]}
 
@@ -189,7 +187,7 @@ def test_event_files_hold_each_step_once_after_a_resume_and_a_recovery(tmp_path)
             writer.scalars(step, {"train/loss": 1.0 / step})
         writer.scalars(4, {"dev/f1": 0.5})
         writer.scalars(6, {"dev/f1": 0.6})
-    (first,) = tmp_path.glob("events.out.tfevents.*")
+    (first,) = (tmp_path / "train").glob("events.out.tfevents.*")
     with open(first, "ab") as stream:
         stream.write(b"\x10\x00\x00")  # a record the kill cut short
     # The resumed attempt redoes 5..8 (a new file); a recovery then restores step 6.
@@ -205,12 +203,12 @@ def test_event_files_hold_each_step_once_after_a_resume_and_a_recovery(tmp_path)
     with summaries.SummaryWriter(tmp_path) as writer:
         writer.restart(7)
         writer.scalars(7, {"train/loss": 3.0 / 7})
-    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 3
-    assert sorted(p.name for p in tmp_path.iterdir() if "tfevents" not in p.name) == []
+    assert len(list((tmp_path / "train").glob("events.out.tfevents.*"))) == 3
+    assert sorted(p.name for p in tmp_path.rglob("*")
+                  if p.is_file() and "tfevents" not in p.name) == []
     steps = tensor_steps(tmp_path)
     assert steps == {"hparams_like": [0], "train/loss": [1, 2, 3, 4, 5, 6, 7], "dev/f1": [4, 6]}
-    accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
-    accumulator.Reload()
+    accumulator = summaries.RunEvents(tmp_path)
     values = {e.step: float(tf.make_ndarray(e.tensor_proto))
               for e in accumulator.Tensors("train/loss")}
     assert values[5] == pytest.approx(2.0 / 5) and values[7] == pytest.approx(3.0 / 7)
@@ -218,7 +216,7 @@ def test_event_files_hold_each_step_once_after_a_resume_and_a_recovery(tmp_path)
         pytest.approx(0.7)
     # Restarting from scratch drops every summary; files left without one are deleted.
     summaries.truncate_event_files(tmp_path, -1)
-    assert list(tmp_path.glob("events.out.tfevents.*")) == []
+    assert list(tmp_path.rglob("events.out.tfevents.*")) == []
 
 
 def test_hparams_text_is_strict_json():

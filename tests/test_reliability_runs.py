@@ -15,11 +15,10 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from data_pipeline.dataset import ShardError
 from tests import trainer_testing as tt
-from trainer import checkpointing, config as config_lib, evaluation, loop
+from trainer import checkpointing, config as config_lib, evaluation, loop, summaries
 from trainer.loop import train_and_evaluate
 
 
@@ -63,8 +62,7 @@ def assert_all_finite(run_dir):
 
 
 def event_steps(run_dir):
-    accumulator = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    accumulator.Reload()
+    accumulator = summaries.RunEvents(run_dir)  # RUN_DIR and its split directories
     return {tag: [e.step for e in accumulator.Tensors(tag)]
             for tag in accumulator.Tags()["tensors"]}
 

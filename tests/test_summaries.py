@@ -90,9 +90,8 @@ def write_example_run(run_dir):
 
 
 def load_events(run_dir):
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    return accumulator
+    """Every event file of the run (RUN_DIR and its split directories), by flat name."""
+    return summaries.RunEvents(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +126,44 @@ def test_every_scalar_with_its_values(run):
     assert accumulator.Tensors("train/lr/head")[-1].step == 30
     assert tf.make_ndarray(accumulator.Tensors("train/lr/head")[-1].tensor_proto) == (
         pytest.approx(4e-4 * 30))
+
+
+def test_one_directory_per_split_with_the_same_tags(run):
+    run_dir, _, _ = run
+    # The Model Garden layout: TensorBoard lists RUN_DIR, RUN_DIR/train, RUN_DIR/dev, ...
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["dev", "test", "train"]
+    for directory in (run_dir, run_dir / "train", run_dir / "dev", run_dir / "test"):
+        assert len(list(directory.glob("events.out.tfevents.*"))) == 1, directory
+    by_directory = {}
+    for split in ("train", "dev", "test"):
+        accumulator = EventAccumulator(str(run_dir / split), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        by_directory[split] = set(accumulator.Tags()["tensors"])
+    # The same tag in each split's directory: one chart overlays train, dev and test.
+    assert {"loss"} <= by_directory["train"] & by_directory["dev"] & by_directory["test"]
+    assert {"f1", "f1/PER", "examples"} <= by_directory["dev"]
+    assert {"lr/head", "grad_norm/crf", "tokens_per_s"} <= by_directory["train"]
+    root = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    root.Reload()
+    assert set(root.Tags()["tensors"]) == {"crf/transitions", "_hparams_/experiment",
+                                           "_hparams_/session_start_info"}
+    assert summaries.split_name("train/lr/head") == ("train", "lr/head")
+    assert summaries.split_name("crf/transitions") == ("", "crf/transitions")
+    assert summaries.flat_name("dev", "f1") == "dev/f1" and summaries.flat_name("", "x") == "x"
+
+
+def test_frozen_learning_rates_and_text(tmp_path):
+    with summaries.SummaryWriter(tmp_path) as writer:
+        writer.frozen_learning_rates(0, ["embeddings", "encoder_layer_0"])
+        writer.text(0, "variables", "| group | state |")
+    events = load_events(tmp_path)
+    assert sorted(events.Tags()["tensors"]) == [
+        "train/lr/embeddings", "train/lr/encoder_layer_0", "variables"]
+    [event] = events.Tensors("train/lr/embeddings")
+    assert event.step == 0 and tf.make_ndarray(event.tensor_proto) == 0.0
+    [text] = events.Tensors("variables")
+    assert tf.make_ndarray(text.tensor_proto).item().decode() == "| group | state |"
+    assert events.SummaryMetadata("variables").plugin_data.plugin_name == "text"
 
 
 def test_text_examples(run):
@@ -236,7 +273,11 @@ def test_hparams(run):
     assert start.group_name == os.path.basename(run_dir)  # the trial id
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos] == list(summaries.DEFAULT_HPARAM_METRICS)
+    assert [summaries.flat_name(m.name.group, m.name.tag) for m in experiment.metric_infos] == (
+        list(summaries.DEFAULT_HPARAM_METRICS))
+    # The metrics' groups are the split directories, relative to the session (RUN_DIR).
+    assert [(m.name.group, m.name.tag) for m in experiment.metric_infos][:2] == [
+        ("dev", "f1"), ("dev", "precision")]
     assert {h.name for h in experiment.hparam_infos} == set(hparams)
 
 

@@ -51,7 +51,9 @@ def test_frozen_flagfile_end_to_end(shared_dir, real_data, tmp_path):
     manifest = json.loads((run_dir / "data_manifest.json").read_text())
     assert manifest["splits"]["train"]["counts"]["sentences"] == 45055
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-3")
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert list(run_dir.glob("events.out.tfevents.*"))  # hparams, variables
+    assert list((run_dir / "train").glob("events.out.tfevents.*"))
+    assert list((run_dir / "dev").glob("events.out.tfevents.*"))
     predictions = (run_dir / "predictions_test.txt").read_text(encoding="utf-8")
     assert predictions.count("\n\n") == EVAL_SENTENCES
     assert all(len(line.split(" ")) == 3 for line in predictions.splitlines() if line)

@@ -4,10 +4,9 @@ early stopping on dev F1 with a patience (kept across a resume)."""
 import json
 
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from tests import trainer_testing as tt
-from trainer import config as config_lib
+from trainer import config as config_lib, summaries
 from trainer.loop import train_and_evaluate
 
 
@@ -25,8 +24,7 @@ def make_config(tiny, run_dir, **overrides):
 
 
 def dev_f1_steps(run_dir):
-    accumulator = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    accumulator.Reload()
+    accumulator = summaries.RunEvents(run_dir)  # RUN_DIR/dev holds dev's tags
     return [event.step for event in accumulator.Tensors("dev/f1")]
 
 
