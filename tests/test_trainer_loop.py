@@ -7,10 +7,9 @@ import pathlib
 
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from tests import trainer_testing as tt
-from trainer import checkpointing, config as config_lib, data
+from trainer import checkpointing, config as config_lib, data, summaries
 from trainer.loop import train_and_evaluate
 
 
@@ -28,8 +27,7 @@ def make_config(tiny, run_dir, **overrides):
 
 
 def scalar_tags(run_dir):
-    accumulator = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    accumulator.Reload()
+    accumulator = summaries.RunEvents(run_dir)  # RUN_DIR and its split directories
     return accumulator, set(accumulator.Tags()["tensors"])
 
 
