@@ -94,3 +94,28 @@ def test_absl_records_do_not_break_the_bar():
     finally:
         bar.close()
     assert bar._filter not in absl_logger.filters
+
+
+def test_refresh_logs_a_long_step_again(monkeypatch):
+    lines = []
+    monkeypatch.setattr(progress.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    clock = FakeClock()
+    bar = progress.ProgressBar(10, stream=io.StringIO(), clock=clock, log_every_s=30.0, width=4)
+    assert bar.refresh() is False and lines == []  # nothing before the first update
+    assert bar.seconds_since_output is None
+    bar.update(1, loss=0.5)
+    assert len(lines) == 1
+    clock.now += 29.0
+    assert bar.refresh() is False and len(lines) == 1
+    assert bar.seconds_since_output == 29.0
+    clock.now += 1.0
+    assert bar.refresh() is True
+    assert lines[-1] == "train [>   ]  1/10  10% | ETA ? | loss 0.5000"
+    bar.close()
+    clock.now += 60.0
+    assert bar.refresh() is False and len(lines) == 2  # closed
+    tty = progress.ProgressBar(10, stream=io.StringIO(), is_tty=True, clock=clock)
+    tty.update(1)
+    clock.now += 60.0
+    assert tty.refresh() is False  # a terminal bar is on screen already
+    tty.close()

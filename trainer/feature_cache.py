@@ -108,11 +108,13 @@ def _encoder_function(model):
                        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
 
 
-def _encode_block(encode, serialized: list[bytes], pad_token_id: int) -> list[bytes]:
+def _encode_block(encode, serialized: list[bytes], pad_token_id: int,
+                  on_batch: Callable[[int], None] | None = None) -> list[bytes]:
     """Cache records for one block of data records, in the block's order.
 
     Windows are encoded sorted by length in batches of about `_BATCH_TOKENS` padded tokens, so
-    padding costs little; the output keeps the input order.
+    padding costs little; the output keeps the input order. `on_batch` is called with the
+    number of windows of each batch encoded (progress within a block).
     """
     import tensorflow as tf
 
@@ -141,12 +143,16 @@ def _encode_block(encode, serialized: list[bytes], pad_token_id: int) -> list[by
             payload = np.ascontiguousarray(features_row[:lengths[row]]).tobytes()
             out[row] = append_bytes_feature(serialized[row], FEATURES_KEY, payload)
         start += len(rows)
+        if on_batch is not None:
+            on_batch(len(rows))
     return out  # type: ignore[return-value]
 
 
 def _build_shard(encode, source: pathlib.Path, compression: str, target: pathlib.Path,
-                 pad_token_id: int, on_windows: Callable[[int], None]) -> None:
-    """Writes the cache shard for one data shard (to `target`.partial, renamed when done)."""
+                 pad_token_id: int, on_windows: Callable[[int], None],
+                 on_batch: Callable[[int], None] | None = None) -> None:
+    """Writes the cache shard for one data shard (to `target`.partial, renamed when done).
+    `on_windows` is called per block written, `on_batch` per encoder batch."""
     import tensorflow as tf
 
     partial = target.with_name(target.name + ".partial")
@@ -154,7 +160,7 @@ def _build_shard(encode, source: pathlib.Path, compression: str, target: pathlib
     with tf.io.TFRecordWriter(str(partial)) as writer:
         for block in records.batch(_BLOCK_WINDOWS):
             serialized = [bytes(x) for x in block.numpy()]
-            for record in _encode_block(encode, serialized, pad_token_id):
+            for record in _encode_block(encode, serialized, pad_token_id, on_batch):
                 writer.write(record)
             on_windows(len(serialized))
     with open(partial, "rb+") as stream:
@@ -166,6 +172,7 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
                          cache_root: str | os.PathLike, *,
                          log: Callable[[str], None] = print,
                          progress: bool = False,
+                         progress_tty: bool | None = None,
                          on_windows: Callable[[int], None] | None = None) -> str:
     """Returns the directory of the feature cache for `model` and the data, building it if needed.
 
@@ -175,7 +182,10 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
       data_manifest_dir: the preprocessed shards + manifest.json the cache is made from.
       cache_root: where caches live, one sub-directory per key (e.g. data_cache/features).
       log: receives one-line messages (reuse, build, size on disk).
-      progress: show a progress bar (windows done / total, ETA) while building.
+      progress: report progress (windows done / total, ETA) while building: a bar redrawn on a
+        terminal, else a log line at the first encoder batch, every 30 s and at the end.
+      progress_tty: whether the progress is a terminal bar; None: when stderr is a terminal,
+        False: plain log lines.
       on_windows: called with the number of windows of each block built (not for shards a
         killed build had finished; tests use it to kill a build at a chosen moment).
 
@@ -205,16 +215,23 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
     if progress:
         from trainer.progress import ProgressBar
 
-        bar = ProgressBar(total, description="feature cache", unit="window")
+        bar = ProgressBar(total, description="feature cache", unit="window", is_tty=progress_tty)
     done = 0
 
     def count(windows: int, *, built: bool = True) -> None:
         nonlocal done
+        if not built:  # shards a killed build had finished (built blocks count per batch)
+            done += windows
+            if bar is not None:
+                bar.update(done)
+        if on_windows is not None and built:
+            on_windows(windows)
+
+    def count_batch(windows: int) -> None:
+        nonlocal done
         done += windows
         if bar is not None:
             bar.update(done)
-        if on_windows is not None and built:
-            on_windows(windows)
 
     encode = _encoder_function(model)
     compression = data_manifest.get("compression") or ""
@@ -239,7 +256,7 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
                     # here, not cached as features).
                     check_shards(data_manifest, [shard])
                     _build_shard(encode, source_dir / shard["file"], compression, shard_path,
-                                 pad_token_id, count)
+                                 pad_token_id, count, count_batch)
                     entry = {"file": shard["file"], "records": int(shard["records"]),
                              "bytes": shard_path.stat().st_size,
                              "sha256": file_sha256(shard_path)}

@@ -150,6 +150,24 @@ class ProgressBar:
             logging.info("%s", self.render(now))
             self._last_output = now
 
+    def refresh(self) -> bool:
+        """Logs the current line again when not on a terminal and `log_every_s` has passed
+        since the last one (a step that takes long is not silence). Nothing before the first
+        update, nothing on a terminal (the bar is on screen). Returns whether it logged."""
+        if self.is_tty or self._start_time is None or self._closed:
+            return False
+        now = self._clock()
+        if self._last_output is not None and now - self._last_output < self._log_every_s:
+            return False
+        logging.info("%s", self.render(now))
+        self._last_output = now
+        return True
+
+    @property
+    def seconds_since_output(self) -> float | None:
+        """Seconds since the bar last logged or drew a line (None: never)."""
+        return None if self._last_output is None else self._clock() - self._last_output
+
     def write(self, message: str) -> None:
         """Prints a line of text without breaking the bar."""
         if self.is_tty:

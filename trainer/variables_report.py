@@ -155,3 +155,29 @@ def write_report(run_dir: str | os.PathLike, report: VariablesReport) -> pathlib
     path = pathlib.Path(run_dir) / VARIABLES_FILE
     path.write_text(strict_json_dumps(report.data, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    """`VariablesReport.data` as a markdown table, for TensorBoard's Text tab: each group with
+    its parameters, variables, state and peak learning rate, then the totals and how the
+    pretrained weights loaded."""
+    totals = data["totals"]
+    rows = ["| group | parameters | variables | state | peak lr |",
+            "|---|---:|---:|---|---:|"]
+    for group in data["groups"]:
+        state = "trainable" if group["trainable"] else "**frozen**"
+        rows.append(f"| {group['name']} | {group['parameters']:,} | {group['variables']} | "
+                    f"{state} | {group['peak_learning_rate']:.3g} |")
+    fixed = data["non_trainable_weights"]
+    if fixed["variables"]:
+        rows.append(f"| (non-trainable) | {fixed['parameters']:,} | {fixed['variables']} | "
+                    "**frozen** | - |")
+    rows += [f"| total trainable | {totals['trainable']:,} | | | |",
+             f"| total frozen | {totals['frozen']:,} | | | |",
+             f"| total | {totals['all']:,} | | | |", ""]
+    if any(group["encoder"] for group in data["groups"]):
+        rows.append(FROZEN_ENCODER_NOTE if data["encoder_frozen"]
+                    else "encoder trains (fine-tuning)")
+        rows.append("")
+    rows.append(data["pretrained_weights"]["summary"])
+    return "\n".join(rows)
