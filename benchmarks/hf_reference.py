@@ -2,7 +2,7 @@
 
 Trains `TFBertForTokenClassification` (loaded from `--pretrained`, a new classifier on top) with
 plain Keras `compile` + `fit` on this project's preprocessed People's Daily shards (the manifest
-and shards that `trainer.data.ensure_preprocessed` writes under `data_cache/<fingerprint>/`, one
+and shards that `trainer.cache.ensure_preprocessed` writes under `data_cache/<fingerprint>/`, one
 piece per character), then scores dev and test with the project's own `trainer.evaluation`:
 windows merged back to one tag per character exactly as the trainer does, entity F1 identical to
 seqeval's strict IOB2 mode. Test is scored once, with the final weights (what `fit` leaves).
@@ -100,12 +100,12 @@ def prepare_manifest(*, pretrained: str = DEFAULT_PRETRAINED, max_seq_length: in
       The directory holding manifest.json and the shards.
     """
     from trainer import config as config_lib
-    from trainer import data
+    from trainer import cache
 
     config = config_lib.parse_flags([
         f"--pretrained={pretrained}", f"--max_seq_length={max_seq_length}",
         f"--stride={stride}", f"--data_cache_dir={data_cache_dir}", *extra_flags])
-    return data.ensure_preprocessed(config, log=logging.info)
+    return cache.ensure_preprocessed(config, log=logging.info)
 
 
 def choose_sentences(manifest_dir: str, split: str, num_sentences: int, *,
@@ -381,10 +381,10 @@ def evaluate_split(model, manifest_dir: str, split: str, *, pad_to: int = 128,
                    with_padded_accuracy: bool = True) -> dict[str, float]:
     """Entity P/R/F1 (micro, per type), token accuracy and loss from `trainer.evaluation`
     (windows merged per character as the trainer does), plus the padded token accuracy."""
-    from trainer import data, evaluation
+    from trainer import cache, evaluation
 
     manifest = load_manifest(manifest_dir)
-    _, gold_tags = data.read_gold(manifest, split)
+    _, gold_tags = cache.read_gold(manifest, split)
     dataset = make_dataset(manifest_dir, split, batch_size=batch_size, bucketing=False,
                            pad_to_length=pad_to, shuffle=False)
     result = evaluation.evaluate(tagger_view(model), dataset, manifest["label_map"],

@@ -106,7 +106,7 @@ def test_export_reproduces_the_trainers_test_predictions(run_dir, export_dir, tm
     # TensorFlow imports (tf_)keras and absl itself; nothing of the training stack may follow.
     imported = json.loads(modules.read_text())
     heavy = [name for name in imported if name.split(".")[0] in ("transformers", "models", "torch")
-             or name in ("trainer.config", "trainer.loop", "trainer.export", "trainer.data")]
+             or name in ("trainer.config", "trainer.loop", "trainer.export", "trainer.cache")]
     assert not heavy, heavy
     assert "tokenizers" in imported and "serving.predictor" in imported
 

@@ -117,7 +117,7 @@ def run_in_process():
 def test_data_errors_after_tensorflow_end_in_one_error_line(tmp_path, corpus_files,
                                                             bert_chinese_dir, run_in_process):
     args = flags_for(corpus_files, bert_chinese_dir, tmp_path / "run", tmp_path)
-    # A split whose format differs (preprocess's ValueError, wrapped as trainer.data.DataError).
+    # A split whose format differs (preprocess's ValueError, wrapped as trainer.cache.DataError).
     corpus_files["test"].write_text("EU NNP B-LOC\nrejects VBZ O\n", encoding="utf-8")
     code = run_in_process(args + ["--overwrite"])
     assert code.startswith("error: the splits have different formats"), code

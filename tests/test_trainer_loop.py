@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_testing as tt
-from trainer import checkpointing, config as config_lib, data, summaries
+from trainer import cache, checkpointing, config as config_lib, summaries
 from trainer.loop import train_and_evaluate
 
 
@@ -105,9 +105,9 @@ def test_preprocessing_runs_once_and_is_cached_by_fingerprint(tiny, tmp_path):
         tokenizer=str(tokenizer), encoder_config="{}", max_seq_length=64, stride=16,
         data_cache_dir=str(tmp_path / "cache"))
     messages = []
-    first = data.ensure_preprocessed(config, log=messages.append)
+    first = cache.ensure_preprocessed(config, log=messages.append)
     assert (pathlib.Path(first) / "manifest.json").is_file()
-    assert data.ensure_preprocessed(config, log=messages.append) == first
+    assert cache.ensure_preprocessed(config, log=messages.append) == first
     assert messages[-1].startswith("reusing")
-    other = data.ensure_preprocessed(config.replace(stride=8), log=messages.append)
+    other = cache.ensure_preprocessed(config.replace(stride=8), log=messages.append)
     assert other != first

@@ -43,7 +43,7 @@ import tensorflow as tf
 from absl import logging
 
 from data_pipeline.tags import IGNORE_ID
-from trainer import checkpointing, data, optimization, precision
+from trainer import cache, checkpointing, optimization, precision
 from trainer.config import ConfigError, TrainConfig
 
 FEATURES_KEY = "features"  # == data_pipeline.records.FEATURES_KEY
@@ -438,7 +438,7 @@ class _Run:
         tf.keras.utils.set_random_seed(config.seed)
         # The data first: a data error must never change (or, with --overwrite, delete) the run
         # directory. Every shard of every split is verified here, not when first read.
-        self.manifest_dir = data.ensure_preprocessed(config, log=logging.info)
+        self.manifest_dir = cache.ensure_preprocessed(config, log=logging.info)
         from data_pipeline.manifest import load_manifest, strict_json_dumps
 
         self.manifest = load_manifest(self.manifest_dir)
@@ -609,7 +609,7 @@ class _Run:
         from trainer import evaluation
 
         if split not in self._gold:
-            self._gold[split] = data.read_gold(self.manifest, split)
+            self._gold[split] = cache.read_gold(self.manifest, split)
         tokens, gold_tags = self._gold[split]
         cached = self._evaluated.get(split)
         if cached is not None and cached[0] == step:

@@ -31,7 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipeline.corpus import CorpusError
     from data_pipeline.dataset import ShardError
     from trainer.checkpointing import DivergenceError, RunDirectoryError
-    from trainer.data import DataError
+    from trainer.cache import DataError
 
     return (config_lib.ConfigError, RunDirectoryError, DivergenceError, CorpusError, ShardError,
             DataError, OSError, tf.errors.InvalidArgumentError, tf.errors.DataLossError,
@@ -75,7 +75,7 @@ def main(argv) -> None:
         config_lib.check_run_dir(config)
     except config_lib.ConfigError as error:
         sys.exit(f"error: {error}")
-    from trainer import data
+    from trainer import cache
     from trainer.loop import train_and_evaluate
 
     user_errors = _user_errors()
@@ -84,7 +84,7 @@ def main(argv) -> None:
     try:
         # Bad corpus lines or tokenizers surface here, before the loop writes config.json into
         # the run directory (or, with --overwrite, empties it); the loop then reuses the shards.
-        data.ensure_preprocessed(config, log=logging.info)
+        cache.ensure_preprocessed(config, log=logging.info)
         results = train_and_evaluate(config, config.run_dir)
     except user_errors as error:
         sys.exit(f"error: {describe(error)}")

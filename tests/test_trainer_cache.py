@@ -1,5 +1,6 @@
-"""trainer/data.py and the trainer's input: --lowercase reaches preprocessing (and the cache key),
-and the training batches pad to the manifest's max_seq_length, whatever the flag says."""
+"""trainer/cache.py (preprocessing on demand, cached) and the trainer's input: --lowercase reaches
+preprocessing (and the cache key), and the training batches pad to the manifest's max_seq_length,
+whatever the flag says."""
 
 import json
 import pathlib
@@ -7,7 +8,7 @@ import types
 
 from tests.test_unknown_rates import CASED_ENGLISH
 from trainer import config as config_lib
-from trainer import data
+from trainer import cache
 
 CHAR_CORPUS = "中 B-LOC\n国 I-LOC\n人 O\n\n张 B-PER\n三 I-PER\n说 O\n\n" * 4
 
@@ -26,10 +27,10 @@ def test_lowercase_flag_lowercases_in_preprocessing_and_keys_the_cache(tmp_path,
     cased = config_lib.parse_flags(args_for(corpus, bert_chinese_dir, tmp_path))
     lowered = config_lib.parse_flags(args_for(corpus, bert_chinese_dir, tmp_path, "--lowercase"))
     assert (cased.lowercase, lowered.lowercase) == (False, True)
-    assert "lowercase" not in data.preprocessing_inputs(cased)  # earlier caches keep their key
-    assert data.preprocessing_inputs(lowered)["lowercase"] is True
+    assert "lowercase" not in cache.preprocessing_inputs(cased)  # earlier caches keep their key
+    assert cache.preprocessing_inputs(lowered)["lowercase"] is True
 
-    directories = {name: pathlib.Path(data.ensure_preprocessed(config, log=lambda message: None))
+    directories = {name: pathlib.Path(cache.ensure_preprocessed(config, log=lambda message: None))
                    for name, config in (("cased", cased), ("lowered", lowered))}
     assert directories["cased"] != directories["lowered"]
     manifests = {name: json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
