@@ -7,7 +7,7 @@ On the same encoder (`../shared/models/multilingual-e5-small-zh`), the same Peop
 windows and batch size (32), each comparison alternates its two sides step by step (A B A B ...)
 so that machine noise hits both alike, and prints one line with the ratio:
 
-1. finetune  real tokens/s of this project's fine-tuning step (`trainer.loop.TrainStep` exactly as
+1. finetune  real tokens/s of this project's fine-tuning step (`trainer.step.TrainStep` exactly as
              `configs/finetune.flags` builds it: bucketed batches, AdamW, layer decay, clipping)
              against `TFBertForTokenClassification` + `compile(Adam(5e-5),
              SparseCategoricalCrossentropy(from_logits=True))` + `fit` on the same windows padded

@@ -20,6 +20,7 @@ import serving
 from data_pipeline import records, tokenization
 from data_pipeline.preprocess import preprocess
 from data_pipeline.tags import extract_entities
+from models.config import TaggerConfig
 from tests import trainer_testing as tt
 from trainer import config as config_lib
 from trainer import export
@@ -256,6 +257,38 @@ def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_p
     warnings = []
     assert export.export_after_training(untrained, warn=warnings.append) is None
     assert "no checkpoint" in warnings[0] and "python -m trainer.export" in warnings[0]
+
+
+def test_the_run_directory_carries_the_model_config(run_dir, export_dir):
+    """The trainer wrote model_config.json when the run started; the export built the model from
+    it and records it in export.json."""
+    model_config = json.loads((run_dir / "model_config.json").read_text())
+    assert TaggerConfig.from_dict(model_config).to_dict() == model_config
+    assert model_config["head"] == "crf" and model_config["bilstm_layers"] == 1
+    assert model_config["label_map"] == json.loads((run_dir / "label_map.json").read_text())
+    assert serving.read_export(export_dir).manifest["model"] == model_config
+    assert export.read_run(run_dir, log=pytest.fail).model_config.to_dict() == model_config
+
+
+def test_an_older_run_directory_without_model_config_still_exports(run_dir, export_dir,
+                                                                    tmp_path):
+    """A run directory of today's layout before model_config.json: the model config is built
+    from config.json and data_manifest.json, with a note; one that cannot be says how to convert
+    it."""
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("export"))
+    (old / "model_config.json").unlink()
+    messages = []
+    path = export.export_run(old, tmp_path / "old_export", log=messages.append)
+    assert any("has no model_config.json" in m and "config.json" in m for m in messages)
+    expected = json.loads((run_dir / "model_config.json").read_text())
+    assert serving.read_export(path).manifest["model"] == expected
+    assert serving.read_export(path).label_map == serving.read_export(export_dir).label_map
+
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps(dict(config, head="mlp")))
+    with pytest.raises(serving.ExportError, match="To convert it, write .*model_config.json"):
+        export.read_run(old, log=lambda message: None)
 
 
 def test_command_line_flags_help_and_usage_errors(tmp_path, capsys):

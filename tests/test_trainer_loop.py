@@ -39,6 +39,9 @@ def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
     assert saved["train_steps"] == 6 and saved["head"] == "crf"
     assert json.loads((run_dir / "label_map.json").read_text())[0] == "O"
     assert (run_dir / "data_manifest.json").is_file()
+    model_config = json.loads((run_dir / "model_config.json").read_text())  # what export reads
+    assert model_config["label_map"] == json.loads((run_dir / "label_map.json").read_text())
+    assert (model_config["head"], model_config["encoder_config"]["hidden_size"]) == ("crf", 32)
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-6")
     best = json.loads((run_dir / "best" / "best.json").read_text())
     assert results["test_checkpoint_step"] == best["step"]  # test is scored with the best model

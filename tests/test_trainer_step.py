@@ -9,7 +9,7 @@ from data_pipeline.tags import iob2_allowed_transitions
 from models import TaggerConfig, build_tagger
 from trainer import optimization
 from trainer.config import TrainConfig
-from trainer.loop import TrainStep
+from trainer.step import TrainStep
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 TINY_BERT = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -1,8 +1,9 @@
 """Run directories, checkpoints (model, optimizer, step, input position) and SIGTERM handling.
 
-A run directory belongs to one configuration. `prepare_run_dir` refuses to reuse a directory whose
-`config.json` defines a different run (fields outside `config.RUN_CONTROL_FIELDS` differ) unless
-`--overwrite` (start afresh) or `--resume_mismatched` (resume anyway) is given.
+A run directory (its layout: trainer/run_dir.py) belongs to one configuration. `prepare_run_dir`
+refuses to reuse a directory whose `config.json` defines a different run (fields outside
+`config.RUN_CONTROL_FIELDS` differ) unless `--overwrite` (start afresh) or `--resume_mismatched`
+(resume anyway) is given.
 
 The input position is the number of micro-batches each replica has consumed. The training input
 is a seeded, repeated, deterministic `tf.data` pipeline, so on resume the loop rebuilds it and
@@ -31,15 +32,9 @@ from typing import Callable
 
 import tensorflow as tf
 
-from data_pipeline.manifest import strict_json_dumps
 from trainer import config as config_lib
-
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
-
-
-class RunDirectoryError(RuntimeError):
-    """The run directory holds a different run; pass --overwrite or --resume_mismatched."""
+from trainer.run_dir import (BEST_DIR, BEST_FILE, CHECKPOINT_DIR, CONFIG_FILE,
+                             RunDirectoryError, read_best, write_best)
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, *,
@@ -54,7 +49,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, 
         --resume_mismatched was given.
     """
     run_dir = pathlib.Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     if config.overwrite and is_chief and run_dir.exists():
         shutil.rmtree(run_dir)
     resuming = config_path.is_file()
@@ -155,8 +150,8 @@ class Checkpointer:
         partial, old = os.path.join(parent, _BEST_PARTIAL), os.path.join(parent, _BEST_OLD)
         shutil.rmtree(partial, ignore_errors=True)
         if os.path.isdir(old):
-            complete = os.path.isfile(os.path.join(self._best_dir, "best.json"))
-            if not complete and os.path.isfile(os.path.join(old, "best.json")):
+            complete = os.path.isfile(os.path.join(self._best_dir, BEST_FILE))
+            if not complete and os.path.isfile(os.path.join(old, BEST_FILE)):
                 # Killed between the two renames of save_best: best/ is missing or partial.
                 shutil.rmtree(self._best_dir, ignore_errors=True)
                 os.rename(old, self._best_dir)
@@ -286,8 +281,7 @@ class Checkpointer:
         os.makedirs(partial)
         self._best.write(os.path.join(partial, "model"))
         if self.is_chief:
-            with open(os.path.join(partial, "best.json"), "w") as stream:
-                stream.write(strict_json_dumps(payload, indent=2, sort_keys=True))
+            write_best(partial, payload)
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(self._best_dir):
             os.rename(self._best_dir, old)
@@ -296,11 +290,10 @@ class Checkpointer:
 
     def restore_best(self) -> int | None:
         """Loads the best dev checkpoint's weights into the model; returns its step (or None)."""
-        best_json = os.path.join(self._best_dir, "best.json")
-        if not os.path.isfile(best_json):
+        best = read_best(self._best_dir)
+        if best is None:
             return None
-        with open(best_json) as stream:
-            step = int(json.load(stream)["step"])
+        step = int(best["step"])
         self._best.read(os.path.join(self._best_dir, "model")).assert_existing_objects_matched()
         return step
 

@@ -27,6 +27,7 @@ from absl import flags
 
 from data_pipeline import windows
 from models.config import ModelSettings, SettingError, check_fields, fail, setting
+from trainer.run_dir import CONFIG_FILE
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_PREFIX = "../shared/"
@@ -438,7 +439,7 @@ def check_run_dir(config: TrainConfig) -> None:
     Raises:
       ConfigError: naming the differing flags, or an unreadable config.json.
     """
-    path = pathlib.Path(config.run_dir) / "config.json"
+    path = pathlib.Path(config.run_dir) / CONFIG_FILE
     if config.overwrite or config.resume_mismatched or not path.is_file():
         return
     try:
@@ -484,7 +485,7 @@ def parse_flags(argv: Sequence[str]) -> TrainConfig:
 
 def write_config(config: TrainConfig, run_dir: str | os.PathLike) -> pathlib.Path:
     """Writes the resolved config to `run_dir/config.json` (atomically)."""
-    path = pathlib.Path(run_dir) / "config.json"
+    path = pathlib.Path(run_dir) / CONFIG_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(config.to_json())
     os.replace(tmp, path)

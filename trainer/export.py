@@ -15,10 +15,13 @@ tokenizer), windows, merging and entity extraction all inside the graph, so TF S
 TensorFlow runtime can serve text without this project (see "The text-in signature" below).
 Word-level models do not get it (it would need tensorflow-text); export.json says why.
 
-The model is rebuilt from the run directory (config.json, data_manifest.json) with the same
-mixed precision policy as in training, and its weights are restored from the checkpoint, so the
-export tags exactly as the trainer's evaluation did. A pretrained encoder is rebuilt from its
-config only: the checkpoint holds every weight, so the pretrained weights are not read again.
+The model is rebuilt from the model config the run directory carries (model_config.json, written
+by the trainer when the run starts; see trainer/run_dir.py) with the same mixed precision policy as
+in training, and its weights are restored from the checkpoint, so the export tags exactly as the
+trainer's evaluation did. A pretrained encoder is rebuilt from its config only: the checkpoint
+holds every weight, so the pretrained weights are not read again. A run directory written before
+model_config.json existed still exports: its model config is built again from config.json and
+data_manifest.json, as the trainer built it, with a note.
 
 `--checkpoint=best` (the default) is the model of the best dev evaluation (run_dir/best); a run
 that kept none (no dev evaluation finished) falls back to the latest checkpoint, with a note.
@@ -44,11 +47,16 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is import
 
 from absl import flags  # noqa: E402
 
+# TensorFlow, transformers and the model code are imported inside the functions that use them, on
+# purpose: a bad flag or run directory is reported in a second, before they load.
 from data_pipeline.cli import parse_flags  # noqa: E402
 from data_pipeline.manifest import file_sha256, replace_directory  # noqa: E402
-from data_pipeline.tags import entity_type  # noqa: E402
+from data_pipeline.tags import entity_type, iob2_allowed_transitions  # noqa: E402
+from models.config import TaggerConfig  # noqa: E402
 from serving import export_format  # noqa: E402
 from serving.export_format import ExportError, read_json  # noqa: E402
+from trainer import precision  # noqa: E402
+from trainer import run_dir as run_dir_lib  # noqa: E402
 
 CHECKPOINT_CHOICES = ("best", "latest")
 PRETRAINED_FORMATS = ("h5", "safetensors")
@@ -67,10 +75,11 @@ class RunInfo:
 
     Attributes:
       run_dir: absolute path.
-      config: the run's config.json (dict).
+      config: the run's config.json (dict; export reads only its mixed_precision).
       manifest: the run's data_manifest.json (the preprocessing manifest).
       label_map: tag strings, index = tag id.
       input_format: "char" or "conll", the corpus format the model was trained on.
+      model_config: the model as the run built it (its model_config.json).
     """
 
     run_dir: pathlib.Path
@@ -78,6 +87,7 @@ class RunInfo:
     manifest: dict[str, Any]
     label_map: list[str]
     input_format: str
+    model_config: TaggerConfig
 
 
 def _read_json(path: pathlib.Path, what: str):
@@ -85,8 +95,12 @@ def _read_json(path: pathlib.Path, what: str):
                                    f"missing: {what})")
 
 
-def read_run(run_dir: str | os.PathLike) -> RunInfo:
-    """Reads config.json, data_manifest.json and label_map.json of a run directory.
+def read_run(run_dir: str | os.PathLike, log: Callable[[str], None] = print) -> RunInfo:
+    """Reads config.json, model_config.json, data_manifest.json and label_map.json of a run.
+
+    Args:
+      run_dir: the run directory.
+      log: receives the note when the run has no model_config.json (`legacy_model_config`).
 
     Raises:
       ExportError: a file is missing or unreadable.
@@ -94,16 +108,51 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     path = pathlib.Path(run_dir).resolve()
     if not path.is_dir():
         raise ExportError(f"--run_dir={run_dir}: no such directory")
-    config = _read_json(path / "config.json", "written when training starts")
-    manifest = _read_json(path / "data_manifest.json", "the preprocessing manifest")
+    config = _read_json(path / run_dir_lib.CONFIG_FILE, "written when training starts")
+    manifest_path = path / run_dir_lib.DATA_MANIFEST_FILE
+    manifest = _read_json(manifest_path, "the preprocessing manifest")
     label_map = manifest.get("label_map")
-    if (path / "label_map.json").is_file():
-        label_map = _read_json(path / "label_map.json", "the label map")
+    if (path / run_dir_lib.LABEL_MAP_FILE).is_file():
+        label_map = _read_json(path / run_dir_lib.LABEL_MAP_FILE, "the label map")
     formats = {split["source"]["format"] for split in manifest.get("splits", {}).values()}
     if len(formats) != 1 or not label_map:
-        raise ExportError(f"{path / 'data_manifest.json'}: no label map or no single input "
-                          f"format (found {sorted(formats)})")
-    return RunInfo(path, config, manifest, list(label_map), formats.pop())
+        raise ExportError(f"{manifest_path}: no label map or no single input format (found "
+                          f"{sorted(formats)})")
+    try:
+        model_config = run_dir_lib.read_model_config(path)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if model_config is None:
+        model_config = legacy_model_config(path, config, manifest, log=log)
+    if model_config.label_map != list(label_map):
+        raise ExportError(f"{path / run_dir_lib.MODEL_CONFIG_FILE}: its label map "
+                          f"{model_config.label_map} is not the run's {list(label_map)}")
+    return RunInfo(path, config, manifest, list(label_map), formats.pop(), model_config)
+
+
+def legacy_model_config(run_dir: pathlib.Path, config: dict[str, Any], manifest: dict[str, Any],
+                        log: Callable[[str], None] = print) -> TaggerConfig:
+    """The model config of a run directory written before model_config.json existed.
+
+    Built from its config.json and data_manifest.json exactly as the trainer builds it
+    (`trainer.run_dir.tagger_config`), with a note through `log`.
+
+    Raises:
+      ExportError: they do not give a valid model config; the message says how to convert the
+        run directory (write its model_config.json).
+    """
+    log(f"note: {run_dir} has no {run_dir_lib.MODEL_CONFIG_FILE} (a run directory of an older "
+        f"trainer): its model config is built from {run_dir_lib.CONFIG_FILE} and "
+        f"{run_dir_lib.DATA_MANIFEST_FILE}")
+    try:
+        return run_dir_lib.tagger_config(config, manifest)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ExportError(
+            f"{run_dir} has no {run_dir_lib.MODEL_CONFIG_FILE} and its "
+            f"{run_dir_lib.CONFIG_FILE} does not give a model config ({type(e).__name__}: {e}). "
+            f"To convert it, write {run_dir / run_dir_lib.MODEL_CONFIG_FILE}: the TaggerConfig "
+            f"of the trained model as JSON (`models.TaggerConfig(...).to_dict()`; see "
+            f"trainer/run_dir.py)") from None
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str = "best",
@@ -124,21 +173,16 @@ def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str = "best",
     """
     import tensorflow as tf
 
-    from trainer import checkpointing
-
     run_dir = pathlib.Path(run_dir)
     if checkpoint == "best":
-        best = run_dir / checkpointing.BEST_DIR
+        best = run_dir / run_dir_lib.BEST_DIR
         if (best / "model.index").is_file():
-            step = None
-            if (best / "best.json").is_file():
-                step = json.loads((best / "best.json").read_text()).get("step")
-            return str(best / "model"), step
+            return str(best / "model"), (run_dir_lib.read_best(best) or {}).get("step")
         log(f"note: {best} holds no best checkpoint (no dev evaluation finished); exporting the "
             f"latest checkpoint instead")
         checkpoint = "latest"
     if checkpoint == "latest":
-        directory = run_dir / checkpointing.CHECKPOINT_DIR
+        directory = run_dir / run_dir_lib.CHECKPOINT_DIR
         prefix = tf.train.latest_checkpoint(str(directory))
         if prefix is None:
             raise ExportError(f"{directory}: no checkpoint (has the run trained a step?)")
@@ -197,17 +241,10 @@ def prepare_serving_tokenizer(manifest: dict, input_format: str) -> tuple[str, d
     return backend.to_str(), info.to_json()
 
 
-def _train_config(run: RunInfo):
-    from trainer.config import ConfigError, TrainConfig
-
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in run.config.items() if k in known}
-    # The export runs on one device, whatever the run was distributed over.
-    values.update(strategy="default", num_cpu_devices=0)
-    try:
-        return TrainConfig(**values)
-    except (ConfigError, TypeError) as e:
-        raise ExportError(f"{run.run_dir / 'config.json'}: {e}") from None
+def _run_precision(run: RunInfo) -> str:
+    """The run's --mixed_precision as config.json records it (`auto` is resolved when training
+    starts, so this is what the run computed in)."""
+    return run.config.get("mixed_precision", "none")
 
 
 def build_model(run: RunInfo, checkpoint_prefix: str):
@@ -224,19 +261,13 @@ def build_model(run: RunInfo, checkpoint_prefix: str):
     """
     import tensorflow as tf
 
-    from trainer.loop import tagger_config
+    from models import build_tagger
 
-    config = _train_config(run)
-    trained = tagger_config(config, run.manifest)
-    tagger = trained
+    trained = tagger = run.model_config
     if tagger.pretrained is not None:
         # Same architecture from the config alone; the checkpoint supplies every weight.
         tagger = dataclasses.replace(tagger, pretrained=None, encoder_config=tagger.pretrained)
-    from data_pipeline.tags import iob2_allowed_transitions
-    from models import build_tagger
-    from trainer import precision
-
-    with precision.global_policy(precision.resolve(config.mixed_precision)[0]):
+    with precision.global_policy(precision.resolve(_run_precision(run))[0]):
         try:
             constrained = tagger.head == "crf" and tagger.crf_constrain_transitions
             model = build_tagger(tagger, transition_constraints=iob2_allowed_transitions(
@@ -864,14 +895,14 @@ def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, *,
     Raises:
       ExportError: the run, checkpoint, tokenizer or export directory cannot be used.
     """
-    run = read_run(run_dir)
+    run = read_run(run_dir, log=log)
     _check_export_dir(pathlib.Path(export_dir).resolve(), overwrite)
     prefix, step = resolve_checkpoint(run.run_dir, checkpoint, log=log)
     tokenizer_json, tokenizer_info = prepare_serving_tokenizer(run.manifest, run.input_format)
     model, trained = build_model(run, prefix)
     source = {"run_dir": str(run.run_dir), "checkpoint": prefix,
               "checkpoint_kind": checkpoint if checkpoint in CHECKPOINT_CHOICES else "path",
-              "step": step, "mixed_precision": run.config.get("mixed_precision", "none")}
+              "step": step, "mixed_precision": _run_precision(run)}
     path = export_model(
         model, export_dir, label_map=run.label_map, tokenizer_json=tokenizer_json,
         tokenizer_info=tokenizer_info, max_seq_length=run.manifest["max_seq_length"],
@@ -896,7 +927,7 @@ def export_after_training(run_dir: str | os.PathLike, *,
     Returns:
       The export directory, or None if the export failed.
     """
-    target = pathlib.Path(export_dir) if export_dir else pathlib.Path(run_dir) / "export"
+    target = pathlib.Path(export_dir or pathlib.Path(run_dir) / run_dir_lib.EXPORT_DIR)
     try:
         return export_run(run_dir, target, checkpoint=checkpoint, save_pretrained=save_pretrained,
                           overwrite=True, log=log)
