@@ -270,8 +270,7 @@ def test_the_run_directory_carries_the_model_config(run_dir, export_dir):
     assert export.read_run(run_dir, log=pytest.fail).model_config.to_dict() == model_config
 
 
-def test_an_older_run_directory_without_model_config_still_exports(run_dir, export_dir,
-                                                                    tmp_path):
+def test_an_old_run_directory_without_model_config_exports(run_dir, export_dir, tmp_path):
     """A run directory of today's layout before model_config.json: the model config is built
     from config.json and data_manifest.json, with a note; one that cannot be says how to convert
     it."""
