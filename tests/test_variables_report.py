@@ -8,6 +8,7 @@ import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is impo
 import pytest
 import transformers
 
+from data_pipeline.tags import iob2_allowed_transitions
 from models import TaggerConfig, build_tagger
 from tests.trainer_testing import TINY_BERT
 from trainer import optimization, variables_report
@@ -41,7 +42,10 @@ def tiny_pretrained(tmp_path_factory):
 
 
 def report_for(tagger_values, train_values):
-    model = build_tagger(TaggerConfig(label_map=LABEL_MAP, **tagger_values))
+    config = TaggerConfig(label_map=LABEL_MAP, **tagger_values)
+    constrained = config.head == "crf" and config.crf_constrain_transitions
+    model = build_tagger(config, transition_constraints=iob2_allowed_transitions(LABEL_MAP)
+                         if constrained else None)  # as trainer.loop builds it
     groups = model.variable_groups()
     plan = optimization.build_optimization(TrainConfig(**{**FILES, **train_values}), groups,
                                            model.encoder_group_names(), total_steps=10)
