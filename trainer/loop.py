@@ -223,6 +223,10 @@ class _StoppableBatches:
 LOSS_HISTORY = 50
 MIN_LOSS_HISTORY = 3
 LOSS_MEDIAN_FLOOR = 0.01
+# Progress: the step variable is read this often during a training call, and no more than this
+# many seconds pass without a line (a plain progress line, or "still tracing").
+PROGRESS_POLL_S = 1.0
+SILENCE_S = 30.0
 
 
 class _Run:
@@ -240,6 +244,8 @@ class _Run:
         self._evaluated: dict = {}  # split -> (step, EvaluationResult) of its last evaluation
         self._recent_losses: collections.deque = collections.deque(maxlen=LOSS_HISTORY)
         self._log_records: list[dict] = []
+        self._traced = False  # the training tf.function has run once (tracing announced)
+        self._last_loss: float | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -314,6 +320,16 @@ class _Run:
             self.pending_eval = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                             name="pending_eval",
                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # What trains, before anything does: the table in the log, RUN_DIR/variables.json, and
+        # (on a fresh start) a text summary for TensorBoard.
+        from trainer import variables_report
+
+        self.variables_report = variables_report.build_report(
+            self.model, self.model.variable_groups(), self.plan.peak_rates,
+            self.plan.frozen_groups)
+        logging.info("%s", self.variables_report.text)
+        if self.chief:
+            variables_report.write_report(self.run_dir, self.variables_report)
         optimizer = self.plan.base_optimizer
         optimizer.schedules = {group: ScaledSchedule(schedule, self.lr_scale)
                                for group, schedule in optimizer.schedules.items()}
@@ -342,7 +358,8 @@ class _Run:
             self.input_dir = feature_cache.ensure_feature_cache(
                 self.model, self.manifest_dir,
                 pathlib.Path(config.data_cache_dir) / feature_cache.FEATURES_SUBDIR,
-                log=logging.info, progress=self.chief and config.progress_bar)
+                log=logging.info, progress=self.chief,
+                progress_tty=None if config.progress_bar else False)
             verify_data(load_manifest(self.input_dir))
         self.train_step = TrainStep(model=self.model, plan=self.plan, strategy=self.strategy,
                                     grad_accum_steps=config.grad_accum_steps, step=self.step,
@@ -365,6 +382,7 @@ class _Run:
         if restored is None:  # maybe an attempt killed before its first checkpoint
             self._reopen_logs(-1, -1)
             self.summaries.hparams(self.config.to_dict())
+            self._write_variables_summaries()
             return
         finished = (restored >= self.stop_at or self._patience_exhausted(restored)
                     or int(self.pending_eval.numpy()) == restored)
@@ -374,6 +392,18 @@ class _Run:
                                        if isinstance(r.get("loss"), float))
         if finished and self._log_records and self._log_records[-1]["step"] == restored:
             self._write_train_summaries(self._log_records[-1])
+
+    def _write_variables_summaries(self) -> None:
+        """Once per run, at step 0: the variables table (text, in RUN_DIR) and a learning rate
+        of 0 for each frozen group (train/lr/<group>), so TensorBoard shows what is frozen."""
+        from trainer import variables_report
+
+        report = getattr(self, "variables_report", None)
+        if report is None:
+            return
+        self.summaries.text(0, "variables", variables_report.to_markdown(report.data))
+        frozen = [g["name"] for g in report.data["groups"] if not g["trainable"]]
+        self.summaries.frozen_learning_rates(0, frozen)
 
     def _reopen_logs(self, last_logged: int, last_event: int) -> None:
         """Keeps train_log.jsonl records up to step `last_logged` and events up to
@@ -432,11 +462,25 @@ class _Run:
             # e.g. early stopping evaluated dev at this step just before finish() does
             result = cached[1]
         else:
+            from trainer import progress
+
             dataset = make_dataset(self.input_dir, split, batch_size=self.config.eval_batch_size,
                                    shuffle=False, repeat=False, verify_checksums=False)
+            counts = self.manifest["splits"][split]["counts"]
+            logging.info("step %d %s: evaluating %d windows of %d sentences", step, split,
+                         counts["windows"], counts["sentences"])
+            # Windows done / total and ETA: a bar on a terminal, else a log line at the first
+            # batch, every 30 s and at the last.
+            bar = progress.ProgressBar(
+                counts["windows"], description=f"{split} evaluation", unit="window",
+                is_tty=None if self.config.progress_bar else False, log_every_s=SILENCE_S)
             started = time.time()
-            result = evaluation.evaluate(self.model, _StoppableBatches(dataset, self.stop),
-                                         self.label_map, gold_tags=gold_tags)
+            try:
+                result = evaluation.evaluate(self.model, _StoppableBatches(dataset, self.stop),
+                                             self.label_map, gold_tags=gold_tags,
+                                             progress=bar.update)
+            finally:
+                bar.close()
             metrics = result.metrics
             logging.info("step %d %s: f1 %.4f precision %.4f recall %.4f token_accuracy %.4f "
                          "(%.1f s)\n%s", step, split, metrics["f1"], metrics["precision"],
@@ -568,30 +612,66 @@ class _Run:
         if stop.requested:
             self.stop_flag.assign(True)
             flagged = True
+        tracing = not self._traced
+        started = time.monotonic()
+        if tracing:
+            logging.info("tracing the train step: TensorFlow builds and optimises the graph on "
+                         "the first call (%d update(s) in this call), which can take a minute",
+                         num_steps)
         thread = threading.Thread(target=call, name="train-steps", daemon=True)
         thread.start()
         try:
+            last_poll = last_note = started
+            seen = int(self.step.numpy())
             while thread.is_alive():
                 thread.join(0.05)
                 if stop.requested and not flagged:
                     self.stop_flag.assign(True)
                     flagged = True
+                now = time.monotonic()
+                if now - last_poll < PROGRESS_POLL_S:
+                    continue
+                last_poll = now
+                # The step variable advances inside the call: progress from the first update,
+                # not only after the call's `num_steps` updates.
+                current = int(self.step.numpy())
+                if tracing and current > seen:
+                    tracing = False
+                    logging.info("train step traced: the first update finished %.1f s after "
+                                 "the call started", now - started)
+                if self.progress is not None and current > seen:
+                    self.progress.update(current, loss=self._last_loss)
+                elif self.progress is not None:
+                    self.progress.refresh()  # a long step: the line again after log_every_s
+                seen = max(seen, current)
+                if tracing and now - last_note >= SILENCE_S:
+                    last_note = now
+                    logging.info("still tracing the train step (%.0f s)", now - started)
         except BaseException:  # e.g. KeyboardInterrupt: end the call after this update
             self.stop_flag.assign(True)
             thread.join()
             raise
         if "error" in outcome:
             raise outcome["error"]
+        if not self._traced:
+            self._traced = True
+            if tracing:  # the whole call ended before a poll saw its first update
+                logging.info("train step traced: the first call (%d update(s)) took %.1f s",
+                             num_steps, time.monotonic() - started)
         totals, norms = outcome["value"]
         return {name: float(value) for name, value in totals.items()}, norms
 
     def _start_progress(self, step: int) -> None:
-        if self.chief and self.config.progress_bar:
+        """The chief's progress: a bar on a terminal (--progress_bar), else a plain log line at
+        the first update and then every 30 s."""
+        if self.chief:
             from trainer import progress
 
             if self.progress is not None and hasattr(self.progress, "close"):
                 self.progress.close()
-            self.progress = progress.ProgressBar(self.stop_at, initial_step=step)
+            self.progress = progress.ProgressBar(
+                self.stop_at, initial_step=step,
+                is_tty=None if self.config.progress_bar else False, log_every_s=SILENCE_S)
 
     def train(self, stop: checkpointing.StopRequest) -> bool:
         """Trains up to `stop_at`; returns False if a stop was requested (checkpoint saved)."""
@@ -646,6 +726,7 @@ class _Run:
                 continue
             if totals["count"] > 0:
                 self._recent_losses.append(loss)
+                self._last_loss = loss
             tokens_per_s = totals["tokens"] / elapsed
             if self.progress is not None:
                 self.progress.update(step, loss=loss, tokens_per_s=tokens_per_s)
