@@ -310,10 +310,42 @@ def _write_shard(task: dict) -> dict:
             "unknown_words": unknown_words.most_common(_UNKNOWN_EXAMPLES_PER_SHARD)}
 
 
-def _run(function: Callable, jobs: list, pool) -> list:
+def _run(function: Callable, jobs: list, pool,
+         progress: Callable[[dict], None] | None = None) -> list:
+    """`function` over `jobs` (in `pool` if given); `progress(result)` after each one ends, in
+    completion order (imap_unordered), so a result must say which job it was."""
+    results = []
     if pool is None:
-        return [function(job) for job in jobs]
-    return list(pool.imap_unordered(function, jobs))
+        outputs = (function(job) for job in jobs)
+    else:
+        outputs = pool.imap_unordered(function, jobs)
+    for result in outputs:
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
+
+
+class _ShardProgress:
+    """One log line per finished shard: shards and sentences done of the total, and an ETA."""
+
+    def __init__(self, tasks: list[dict], log: Callable[[str], None]):
+        self.log = log
+        self.total_shards = len(tasks)
+        self.sentences_of = {(task["split"], task["index"]): task["sentences"] for task in tasks}
+        self.total_sentences = sum(self.sentences_of.values())
+        self.sentences = self.shards = 0
+        self.start = time.monotonic()
+
+    def __call__(self, shard: dict) -> None:
+        self.shards += 1
+        self.sentences += self.sentences_of[shard["split"], shard["index"]]
+        elapsed = time.monotonic() - self.start
+        done = self.sentences / max(self.total_sentences, 1)
+        eta = f", ETA {elapsed * (1 - done) / done:.0f}s" if 0 < done < 1 else ""
+        self.log(f"preprocessing: {self.shards}/{self.total_shards} shards, "
+                 f"{self.sentences:,}/{self.total_sentences:,} sentences ({done:.0%}) "
+                 f"in {elapsed:.0f}s{eta}")
 
 
 def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLike,
@@ -461,7 +493,10 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
             task.update(settings)
         if pool is None:
             _init_worker(backend.to_str(), info.to_json())
-        shards = _run(_write_shard, tasks, pool)
+        log(f"preprocessing: {len(tasks)} shards of "
+            f"{sum(task['sentences'] for task in tasks):,} sentences, "
+            f"{'1 process' if pool is None else f'{workers} processes'}")
+        shards = _run(_write_shard, tasks, pool, progress=_ShardProgress(tasks, log))
         manifest = _build_manifest(scans, shards, info=info, label_map=label_map, scheme=scheme,
                                    on_invalid=on_invalid, max_seq_length=max_seq_length,
                                    stride=stride, compression=COMPRESSION[compression])

@@ -351,3 +351,17 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path, bert_chinese_dir):
                 psutil.Process(pid).kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_progress_line_per_shard(tmp_path, bert_chinese_dir):
+    """Writing shards says what it will do, then one line per finished shard up to 100%."""
+    train = write(tmp_path, "train.txt", GOOD_TRAIN + "李 O\n四 I-PER\n\n")
+    messages = []
+    preprocess({"train": train}, tmp_path / "out", bert_chinese_dir, sentences_per_shard=2,
+               num_workers=0, max_seq_length=8, stride=2, log=messages.append)
+    progress = [m for m in messages if m.startswith("preprocessing: ")]
+    assert progress[0] == "preprocessing: 2 shards of 3 sentences, 1 process"
+    assert [m.split(" in ")[0] for m in progress[1:]] == [
+        "preprocessing: 1/2 shards, 2/3 sentences (67%)",
+        "preprocessing: 2/2 shards, 3/3 sentences (100%)"]
+    assert "ETA" in progress[1] and "ETA" not in progress[2]
