@@ -51,3 +51,14 @@ def bert_chinese_dir(shared_dir) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def people_daily_dir(shared_dir) -> pathlib.Path:
     return shared_dir / "data" / "people_daily"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
+    """(paths, manifest_dir, tokenizer_dir): the tiny corpus preprocessed with the bert-base-chinese
+    vocab, once per test module (a module may write caches beside it)."""
+    from tests import trainer_testing as tt
+
+    out = tmp_path_factory.mktemp("tiny")
+    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
+    return paths, manifest_dir, bert_chinese_dir

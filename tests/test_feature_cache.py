@@ -22,13 +22,6 @@ from trainer.loop import train_and_evaluate
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
-    out = tmp_path_factory.mktemp("tiny_cache")
-    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
-    return paths, manifest_dir, bert_chinese_dir
-
-
 def build_tiny_tagger(label_map, *, hidden_layers="concat", seed=0):
     from data_pipeline.tags import iob2_allowed_transitions
     from models import TaggerConfig, build_tagger

@@ -22,13 +22,6 @@ from trainer import checkpointing, config as config_lib, evaluation, loop, summa
 from trainer.loop import train_and_evaluate
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
-    out = tmp_path_factory.mktemp("tiny_reliability")
-    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
-    return paths, manifest_dir, bert_chinese_dir
-
-
 EMBEDDING = dict(encoder="embedding", encoder_config="", hidden_layers="last", embedding_dim=32,
                  encoder_learning_rate=1e-3, bilstm_units=16, train_steps=12, eval_every=3)
 

@@ -15,24 +15,11 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_testing as tt
-from trainer import config as config_lib, summaries
+from trainer import summaries
 from trainer.loop import train_and_evaluate
 
 ENCODER_GROUPS = ["embeddings", "encoder_layer_0", "encoder_layer_1"]  # TINY_BERT: 2 layers
 HEAD_GROUPS = ["bilstm", "head", "crf"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
-    out = tmp_path_factory.mktemp("tiny_reporting")
-    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
-    return paths, manifest_dir, bert_chinese_dir
-
-
-def make_config(tiny, run_dir, **overrides):
-    paths, manifest_dir, tokenizer = tiny
-    return config_lib.parse_flags(tt.tiny_args(paths, manifest_dir, tokenizer, run_dir,
-                                               **overrides))
 
 
 class Collect(logging.Handler):
@@ -78,7 +65,7 @@ def index_of(messages, predicate, what):
 
 def test_frozen_run_says_what_trains_and_reports_progress(tiny, tmp_path):
     run_dir = tmp_path / "frozen"
-    results, messages = run_logged(make_config(tiny, run_dir, eval_every=3))
+    results, messages = run_logged(tt.make_config(tiny, run_dir, eval_every=3))
     assert results["step"] == 6
 
     # The table, in the log and in variables.json: every encoder group frozen.
@@ -145,8 +132,8 @@ def test_frozen_run_says_what_trains_and_reports_progress(tiny, tmp_path):
 
 def test_finetune_run_says_the_encoder_trains(tiny, tmp_path):
     run_dir = tmp_path / "finetune"
-    _, messages = run_logged(make_config(tiny, run_dir, encoder_learning_rate=1e-4,
-                                         layer_decay=1.0, train_steps=4))
+    _, messages = run_logged(tt.make_config(tiny, run_dir, encoder_learning_rate=1e-4,
+                                            layer_decay=1.0, train_steps=4))
     [table] = [m for m in messages if m.startswith("variables: ")]
     rows = table_rows(table)
     assert {g: rows[g] for g in ENCODER_GROUPS} == {g: ("trainable", 1e-4)

@@ -26,13 +26,6 @@ NO_DROPOUT_BERT = json.dumps(dict(tt.TINY_BERT, hidden_dropout_prob=0.0,
 STEPS = 20
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
-    out = tmp_path_factory.mktemp("tiny_dist")
-    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
-    return paths, manifest_dir, bert_chinese_dir
-
-
 def comparable_args(tiny, run_dir, **overrides):
     paths, manifest_dir, tokenizer = tiny
     # float32: with --mixed_precision=auto (bf16 on CPUs with AVX512_BF16/AMX) the bf16

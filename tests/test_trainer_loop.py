@@ -13,19 +13,6 @@ from trainer import cache, checkpointing, config as config_lib, summaries
 from trainer.loop import train_and_evaluate
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
-    out = tmp_path_factory.mktemp("tiny")
-    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
-    return paths, manifest_dir, bert_chinese_dir
-
-
-def make_config(tiny, run_dir, **overrides):
-    paths, manifest_dir, tokenizer = tiny
-    return config_lib.parse_flags(tt.tiny_args(paths, manifest_dir, tokenizer, run_dir,
-                                               **overrides))
-
-
 def scalar_tags(run_dir):
     accumulator = summaries.RunEvents(run_dir)  # RUN_DIR and its split directories
     return accumulator, set(accumulator.Tags()["tensors"])
@@ -33,7 +20,7 @@ def scalar_tags(run_dir):
 
 def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
     run_dir = tmp_path / "run"
-    results = train_and_evaluate(make_config(tiny, run_dir, eval_every=3, export=True))
+    results = train_and_evaluate(tt.make_config(tiny, run_dir, eval_every=3, export=True))
     assert results["step"] == 6 and 0.0 <= results["test"]["f1"] <= 1.0
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["train_steps"] == 6 and saved["head"] == "crf"
@@ -61,18 +48,18 @@ def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
 
     # The same directory with a different run-defining flag is refused, naming the flag...
     with pytest.raises(checkpointing.RunDirectoryError, match="--batch_size"):
-        train_and_evaluate(make_config(tiny, run_dir, batch_size=4))
+        train_and_evaluate(tt.make_config(tiny, run_dir, batch_size=4))
     # ...but a later --max_steps/--train_steps-compatible resume of the same run is accepted:
     # everything is done, so it only re-evaluates from the latest checkpoint.
-    again = train_and_evaluate(make_config(tiny, run_dir, eval_every=3, max_steps=6))
+    again = train_and_evaluate(tt.make_config(tiny, run_dir, eval_every=3, max_steps=6))
     assert again["step"] == 6 and again["test"]["f1"] == pytest.approx(results["test"]["f1"])
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_runs_have_finite_losses(tiny, tmp_path, precision):
     run_dir = tmp_path / precision
-    train_and_evaluate(make_config(tiny, run_dir, mixed_precision=precision, train_steps=4,
-                                   steps_per_loop=2, log_every=2, encoder_learning_rate=1e-4))
+    train_and_evaluate(tt.make_config(tiny, run_dir, mixed_precision=precision, train_steps=4,
+                                      steps_per_loop=2, log_every=2, encoder_learning_rate=1e-4))
     assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     log = tt.train_log(run_dir)
     assert [r["step"] for r in log] == [2, 4]

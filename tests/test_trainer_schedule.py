@@ -10,19 +10,6 @@ from trainer import config as config_lib, summaries
 from trainer.loop import train_and_evaluate
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, people_daily_dir, bert_chinese_dir):
-    out = tmp_path_factory.mktemp("tiny_schedule")
-    paths, manifest_dir = tt.preprocess_tiny(people_daily_dir, bert_chinese_dir, out)
-    return paths, manifest_dir, bert_chinese_dir
-
-
-def make_config(tiny, run_dir, **overrides):
-    paths, manifest_dir, tokenizer = tiny
-    return config_lib.parse_flags(tt.tiny_args(paths, manifest_dir, tokenizer, run_dir,
-                                               **overrides))
-
-
 def dev_f1_steps(run_dir):
     accumulator = summaries.RunEvents(run_dir)  # RUN_DIR/dev holds dev's tags
     return [event.step for event in accumulator.Tensors("dev/f1")]
@@ -38,8 +25,8 @@ def test_eval_every_epochs_follows_the_corpus_size(tiny, tmp_path):
     steps_per_epoch = -(-train_windows(tiny) // 8)  # batch_size 8 in tiny_args
     every = round(0.25 * steps_per_epoch)
     run_dir = tmp_path / "run"
-    train_and_evaluate(make_config(tiny, run_dir, eval_every_epochs=0.25,
-                                   train_steps=2 * every + 1, steps_per_loop=50))
+    train_and_evaluate(tt.make_config(tiny, run_dir, eval_every_epochs=0.25,
+                                      train_steps=2 * every + 1, steps_per_loop=50))
     # Every quarter epoch during training, and once more at the end.
     assert dev_f1_steps(run_dir) == [every, 2 * every, 2 * every + 1]
 
@@ -47,8 +34,8 @@ def test_eval_every_epochs_follows_the_corpus_size(tiny, tmp_path):
 def test_early_stopping_stops_after_patience_evaluations_without_progress(tiny, tmp_path):
     run_dir = tmp_path / "run"
     # A learning rate this small cannot move dev F1: the first evaluation stays the best.
-    config = make_config(tiny, run_dir, head_learning_rate=1e-12, crf_learning_rate=1e-12,
-                         eval_every=2, early_stopping_patience=2, train_steps=40)
+    config = tt.make_config(tiny, run_dir, head_learning_rate=1e-12, crf_learning_rate=1e-12,
+                            eval_every=2, early_stopping_patience=2, train_steps=40)
     results = train_and_evaluate(config)
     assert results["early_stopped_at"] == 6 == results["step"]
     # 3 evaluations; the final one at the stopping step reuses the last (each step once).
@@ -63,4 +50,4 @@ def test_early_stopping_stops_after_patience_evaluations_without_progress(tiny, 
 
 def test_early_stopping_needs_evaluations(tiny, tmp_path):
     with pytest.raises(config_lib.ConfigError, match="--early_stopping_patience=3 needs"):
-        make_config(tiny, tmp_path / "run", early_stopping_patience=3)
+        tt.make_config(tiny, tmp_path / "run", early_stopping_patience=3)

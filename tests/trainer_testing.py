@@ -67,6 +67,14 @@ def tiny_args(paths, manifest_dir, tokenizer_dir, run_dir, **overrides):
     return args
 
 
+def make_config(tiny, run_dir, **overrides):
+    """The TrainConfig of a tiny run (the `tiny` fixture's data) with `overrides` as flags."""
+    from trainer import config as config_lib
+
+    paths, manifest_dir, tokenizer = tiny
+    return config_lib.parse_flags(tiny_args(paths, manifest_dir, tokenizer, run_dir, **overrides))
+
+
 def run_main(args, *, env=None, timeout=300, check=True):
     """Runs `python -m trainer.main ARGS` from the repo root; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))
