@@ -12,8 +12,9 @@ moment), restarts it until it finishes, and checks against the reference:
 - the event files hold each (tag, step) once (EventAccumulator), the same ones as the reference;
 - no litter: no `ckpt-N_temp/`, no half-swapped best/, no temporary or staging files.
 
-Prints one line per cycle and exits with status 1 if any check failed. tests/
-test_fault_injection.py runs it with 3 cycles. Needs ../shared (or $TAGGER_SHARED_DIR).
+Prints one line per cycle and exits with status 1 if any check failed.
+tests/trainer/test_fault_injection.py runs it with 3 cycles. Needs ../shared (or
+$TAGGER_SHARED_DIR).
 """
 
 from __future__ import annotations

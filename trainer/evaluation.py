@@ -11,7 +11,8 @@ Entities are extracted by `data_pipeline.tags.extract_entities`, exactly as
 a run starts nothing and is simply dropped.
 
 Scores are computed from entity counts in plain Python, with the same float operations as
-seqeval, so the numbers are bit-identical to seqeval's (checked by tests/test_evaluation.py).
+seqeval, so the numbers are bit-identical to seqeval's (checked by
+tests/trainer/test_evaluation.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import json
 import pathlib
 import types
 
-from tests.test_unknown_rates import CASED_ENGLISH
+from tests.data_pipeline.test_unknown_rates import CASED_ENGLISH
 from trainer import config as config_lib
 from trainer import cache
 

@@ -331,7 +331,7 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path, bert_chinese_dir):
     import psutil
 
     parent = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(bert_chinese_dir)],
-                              cwd=os.path.dirname(os.path.dirname(__file__)),
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
                               stdout=subprocess.PIPE, text=True)
     pids = []
     try:

@@ -12,7 +12,8 @@ import urllib.request
 
 import pytest
 
-from tests.test_summaries import EVAL_STEPS, REQUIRED_SCALARS, TRAIN_STEPS, write_example_run
+from tests.trainer.test_summaries import (EVAL_STEPS, REQUIRED_SCALARS, TRAIN_STEPS,
+                                          write_example_run)
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0

@@ -19,7 +19,7 @@ from tests import trainer_testing as tt
 from trainer import config as config_lib, feature_cache
 from trainer.loop import train_and_evaluate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def build_tiny_tagger(label_map, *, hidden_layers="concat", seed=0):
@@ -136,7 +136,7 @@ import os, signal, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 sys.path.insert(0, {repo!r})
 from data_pipeline.manifest import load_manifest
-from tests.test_feature_cache import build_tiny_tagger
+from tests.trainer.test_feature_cache import build_tiny_tagger
 from trainer import feature_cache
 
 feature_cache._BLOCK_WINDOWS = 40
