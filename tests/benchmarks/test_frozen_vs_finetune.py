@@ -1,0 +1,105 @@
+"""benchmarks/frozen_vs_finetune.py: the document's figures come from the run directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import frozen_vs_finetune as report
+from trainer.summaries import SummaryWriter
+
+# Two sentences. Gold: PER (张三) and LOC (北京). The prediction finds PER, misses LOC and invents
+# an ORG: precision 1/2, recall 1/2, F1 0.5; 5 of 8 characters right (了 北 京 are wrong).
+PREDICTIONS = ("张 B-PER B-PER\n三 I-PER I-PER\n去 O O\n了 O B-ORG\n\n"
+               "北 B-LOC O\n京 I-LOC O\n好 O O\n。 O O\n\n")
+
+
+def make_trainer_run(path, dev_curve, test_f1=0.5):
+    path.mkdir(parents=True)
+    (path / "predictions_test.txt").write_text(PREDICTIONS, encoding="utf-8")
+    (path / "results.json").write_text(json.dumps(
+        {"step": 300, "total_steps": 500, "test": {"f1": test_f1}, "dev": {"f1": 0.1}}))
+    (path / "config.json").write_text(json.dumps({"epochs": 5}))
+    with SummaryWriter(path) as writer:
+        for step, f1 in dev_curve:
+            writer.eval(step, "dev", {"f1": f1})
+
+
+def make_fit_run(path):
+    import tensorflow as tf
+
+    path.mkdir(parents=True)
+    (path / "predictions_test.txt").write_text(PREDICTIONS, encoding="utf-8")
+    (path / "results.json").write_text(json.dumps(
+        {"recipe": "blog", "steps": 40, "epochs": 1, "wall_seconds": 123.4,
+         "test": {"f1": 0.5, "token_accuracy_with_padding": 0.987}}))
+    writer = tf.summary.create_file_writer(str(path))
+    with writer.as_default():
+        tf.summary.scalar("dev/f1", 0.25, step=40)
+    writer.close()
+
+
+def runs_file(tmp_path, *names):
+    entries = [{"label": name, "run_dir": name, "command": f"make {name}", "budget": "tiny"}
+               for name in names]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_scores_come_from_the_predictions_with_seqeval():
+    gold, pred = report.read_predictions_text(PREDICTIONS)
+    scores = report.score(gold, pred)
+    assert scores["precision"] == pytest.approx(0.5)
+    assert scores["recall"] == pytest.approx(0.5)
+    assert scores["f1"] == pytest.approx(0.5)
+    assert scores["per_type"] == pytest.approx({"LOC": 0.0, "ORG": 0.0, "PER": 1.0})
+    assert scores["token_accuracy"] == pytest.approx(5 / 8)
+
+
+def test_table_rows_of_a_trainer_run_and_a_fit_run(tmp_path):
+    make_trainer_run(tmp_path / "ours", [(100, 0.40), (200, 0.61), (300, 0.55)])
+    make_fit_run(tmp_path / "fit")
+    runs = [report.read_run(entry, tmp_path)
+            for entry in json.loads(runs_file(tmp_path, "ours", "fit").read_text())]
+    ours, fit = runs
+    assert (ours["kind"], fit["kind"]) == ("trainer", "fit")
+    assert ours["best_dev"] == pytest.approx(0.61)  # the best evaluation, not the last
+    assert [step for step, _ in ours["curve"]] == [100, 200, 300]
+    assert ours["epochs"] == pytest.approx(3.0)  # 300 steps of 100 per epoch
+    assert ours["padded_accuracy"] is None and fit["padded_accuracy"] == pytest.approx(0.987)
+    table = report.tables(runs)
+    assert ("| ours | 300 (3.0) |" in table and "| 0.6100 | **0.5000** (0.5000 / 0.5000) | "
+            "0.6250 | - | tiny |" in table)
+    assert "| fit | 40 (1.0) | 123 s | 0.2500 | **0.5000** (0.5000 / 0.5000) | 0.6250 | 0.9870 |" \
+        in table
+    assert "| ours | 0.0000 | 0.0000 | 1.0000 |" in table  # per type: LOC, ORG, PER
+
+
+def test_results_json_disagreeing_with_the_predictions_is_an_error(tmp_path):
+    make_trainer_run(tmp_path / "ours", [(100, 0.4)], test_f1=0.9)
+    with pytest.raises(report.ReportError, match="seqeval gives test F1 0.500000"):
+        report.read_run({"label": "ours", "run_dir": "ours", "command": "c", "budget": "b"},
+                        tmp_path)
+
+
+def test_check_fails_until_the_document_is_regenerated(tmp_path, capsys):
+    make_trainer_run(tmp_path / "ours", [(100, 0.4)])
+    document = tmp_path / "doc.md"
+    document.write_text(f"# prose\n\n{report.BEGIN}\nstale table\n{report.END}\n\nmore prose\n")
+    args = ["--runs_root", str(tmp_path), "--runs_file", str(runs_file(tmp_path, "ours")),
+            "--document", str(document), "--plot", ""]
+    assert report.main(args + ["--check"]) == 1
+    assert "stale table" in document.read_text()  # --check writes nothing
+    assert report.main(args) == 0
+    text = document.read_text()
+    assert text.startswith("# prose\n") and text.endswith("more prose\n")
+    assert "stale table" not in text and "**0.5000**" in text
+    assert report.main(args + ["--check"]) == 0
+
+
+def test_a_missing_run_is_named(tmp_path):
+    with pytest.raises(report.ReportError, match="absent.*results.json is missing.*make absent"):
+        report.read_run({"label": "absent", "run_dir": "absent", "command": "make absent",
+                         "budget": "b"}, tmp_path)
