@@ -378,19 +378,24 @@ def padded_token_accuracy(model, manifest_dir: str, split: str, *, pad_to: int =
 
 def evaluate_split(model, manifest_dir: str, split: str, *, pad_to: int = 128,
                    batch_size: int = 64, max_batches: int = 0,
-                   with_padded_accuracy: bool = True) -> dict[str, float]:
+                   with_padded_accuracy: bool = True,
+                   predictions_file: str | os.PathLike | None = None) -> dict[str, float]:
     """Entity P/R/F1 (micro, per type), token accuracy and loss from `trainer.evaluation`
-    (windows merged per character as the trainer does), plus the padded token accuracy."""
+    (windows merged per character as the trainer does), plus the padded token accuracy.
+    predictions_file: also write `char gold pred` lines there, as the trainer's
+    predictions_<split>.txt (what benchmarks/frozen_vs_finetune.py scores with seqeval)."""
     from trainer import cache, evaluation
 
     manifest = load_manifest(manifest_dir)
-    _, gold_tags = cache.read_gold(manifest, split)
+    tokens, gold_tags = cache.read_gold(manifest, split)
     dataset = make_dataset(manifest_dir, split, batch_size=batch_size, bucketing=False,
                            pad_to_length=pad_to, shuffle=False)
     result = evaluation.evaluate(tagger_view(model), dataset, manifest["label_map"],
                                  gold_tags=gold_tags,
                                  max_batches=max_batches or None)
     metrics = dict(result.metrics)
+    if predictions_file is not None:
+        evaluation.write_predictions(predictions_file, result.predictions, tokens)
     if with_padded_accuracy:
         metrics.update(padded_token_accuracy(model, manifest_dir, split, pad_to=pad_to,
                                              batch_size=batch_size, max_batches=max_batches))
@@ -486,7 +491,8 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
     }
     for split in ("dev", "test"):
         results[split] = evaluate_split(model, manifest_dir, split, pad_to=pad_to,
-                                        max_batches=eval_max_batches)
+                                        max_batches=eval_max_batches,
+                                        predictions_file=run_path / f"predictions_{split}.txt")
     results["wall_seconds"] = time.time() - started
     (run_path / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     logging.info("dev f1 %.4f, test f1 %.4f (%.0f s); results in %s", results["dev"]["f1"],
