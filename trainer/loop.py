@@ -352,7 +352,16 @@ class _Run:
                                 float(self.lr_scale.numpy()), int(self.recoveries.numpy()))
         # Train and evaluate from the frozen encoder's cached output, or from the shards.
         self.input_dir = self.manifest_dir
-        if config.feature_cache and config.uses_bert and self.plan.encoder_frozen:
+        use_cache = config.feature_cache and config.uses_bert and self.plan.encoder_frozen
+        steps_to_train = self.stop_at - (restored or 0)
+        if use_cache and steps_to_train < self.steps_per_epoch:
+            # Caching encodes every window of every split once; a run shorter than an epoch
+            # encodes fewer train windows than that by running the encoder in each step.
+            logging.info("feature cache: not used: this run trains %d steps, less than one epoch "
+                         "(%d steps), so the frozen encoder runs in each step instead",
+                         steps_to_train, self.steps_per_epoch)
+            use_cache = False
+        if use_cache:
             from trainer import feature_cache
 
             self.input_dir = feature_cache.ensure_feature_cache(

@@ -61,6 +61,10 @@ def test_frozen_flagfile_end_to_end(shared_dir, real_data, tmp_path):
     assert results["step"] == 3 and 0.0 <= results["test"]["f1"] <= 1.0
     # The shards are cached by the fingerprint of the inputs: exactly one preprocessed copy.
     assert len(list(cache.glob("*/manifest.json"))) == 1
+    # 3 steps are far less than an epoch: the encoder runs in each step, no feature cache.
+    assert "feature cache: not used: this run trains 3 steps, less than one epoch" in (
+        result.stdout + result.stderr)
+    assert not (cache / "features").exists()
 
 
 @pytest.mark.slow

@@ -85,7 +85,9 @@ def test_cached_batches_hold_the_encoders_output(tiny, tmp_path):
 
 def test_training_from_the_cache_equals_running_the_encoder(tiny, tmp_path):
     """Losses and weights agree within the float16 rounding of the features (relative error of
-    one value <= 2**-11): measured 4e-7 relative on the losses; asserted 1e-5 and 1e-3."""
+    one value <= 2**-11). 9 updates of 64 windows (about 1.8 epochs: a run shorter than an epoch
+    does not use the cache): losses measured 4e-7 relative, asserted 1e-5; weights measured
+    2.5e-3 relative to each variable's largest value, asserted 5e-3."""
     paths, manifest_dir, tokenizer = tiny
     results, logs, weights = {}, {}, {}
     for cached in (True, False):
@@ -93,7 +95,7 @@ def test_training_from_the_cache_equals_running_the_encoder(tiny, tmp_path):
         config = config_lib.parse_flags(tt.tiny_args(
             paths, manifest_dir, tokenizer, run_dir, encoder_learning_rate=0, dropout=0.2,
             bilstm_dropout=0.2, feature_cache=cached, mixed_precision="none", eval_every=3,
-            train_steps=9))
+            train_steps=9, batch_size=64))  # 9 steps: more than an epoch, so the cache is used
         results[cached] = train_and_evaluate(config)
         logs[cached] = [(r["step"], r["loss"]) for r in tt.train_log(run_dir)]
         weights[cached] = tt.checkpoint_weights(run_dir)
@@ -102,7 +104,7 @@ def test_training_from_the_cache_equals_running_the_encoder(tiny, tmp_path):
     for (_, a), (_, b) in zip(logs[True], logs[False]):
         assert a == pytest.approx(b, rel=1e-5)
     assert logs[True][0][1] != logs[True][-1][1]  # it trained
-    assert tt.max_relative_difference(weights[True], weights[False]) < 1e-3
+    assert tt.max_relative_difference(weights[True], weights[False]) < 5e-3
     assert results[True]["dev"]["loss"] == pytest.approx(results[False]["dev"]["loss"], rel=1e-4)
     assert results[True]["dev"]["f1"] == pytest.approx(results[False]["dev"]["f1"], abs=1e-3)
 
