@@ -1,6 +1,6 @@
 """Training speed side by side, in one invocation: this project against transformers' `fit`.
 
-    python benchmarks/bench_training.py                 # everything: 401 s on 2 quiet cores (RESULTS.md)
+    python benchmarks/bench_training.py                 # everything: 401 s, 2 quiet cores
     python benchmarks/bench_training.py --only=finetune,frozen --steps=6
 
 On the same encoder (`../shared/models/multilingual-e5-small-zh`), the same People's Daily
