@@ -38,6 +38,7 @@ the tokenizer lowercase), or punctuation the vocabulary lacks.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import ctypes
 import multiprocessing
@@ -151,6 +152,12 @@ def _scan_files(splits: dict[str, str], input_format: str, every: int, pool) -> 
 
 
 _WORKER: dict = {}
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process of the preprocessing pool ended abruptly (e.g. SIGKILL)."""
+
+
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -312,17 +319,29 @@ def _write_shard(task: dict) -> dict:
 
 def _run(function: Callable, jobs: list, pool,
          progress: Callable[[dict], None] | None = None) -> list:
-    """`function` over `jobs` (in `pool` if given); `progress(result)` after each one ends, in
-    completion order (imap_unordered), so a result must say which job it was."""
+    """`function` over `jobs` (in `pool`, a ProcessPoolExecutor, if given); `progress(result)`
+    after each one ends, in completion order, so a result must say which job it was.
+
+    Raises:
+      WorkerDiedError: a worker process ended abruptly (killed, e.g. by the out-of-memory
+        killer). A `multiprocessing.Pool` would replace it and wait for its job forever.
+    """
     results = []
     if pool is None:
         outputs = (function(job) for job in jobs)
     else:
-        outputs = pool.imap_unordered(function, jobs)
-    for result in outputs:
-        results.append(result)
-        if progress is not None:
-            progress(result)
+        outputs = (future.result() for future in concurrent.futures.as_completed(
+            [pool.submit(function, job) for job in jobs]))
+    try:
+        for result in outputs:
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    except concurrent.futures.process.BrokenProcessPool as error:
+        raise WorkerDiedError(
+            "a preprocessing worker process died (killed by a signal, e.g. the out-of-memory "
+            "killer: try --num_workers=1 or fewer sentences per shard); nothing was written to "
+            "the output directory") from error
     return results
 
 
@@ -441,8 +460,9 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
     stack = contextlib.ExitStack()  # holds the staging directory once there is one
     try:
         if workers > 0:
-            pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker,
+            pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
                 initargs=(backend.to_str(), info.to_json(), os.getpid()))
         scans = _scan_files(splits, the_format, sentences_per_shard, pool)
         log(f"scanned {sum(s['sentences'] for s in scans.values())} sentences "
@@ -528,9 +548,8 @@ def preprocess(splits: dict[str, str | os.PathLike], output_dir: str | os.PathLi
             f"{output_dir} in {time.time() - started:.1f}s")
         return manifest
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if pool is not None:  # on an error, the shards being written are waited for
+            pool.shutdown(wait=True, cancel_futures=True)
         stack.close()  # after the pool: removes the staging directory unless renamed
 
 
@@ -665,7 +684,8 @@ def main(argv) -> None:
                    overwrite=f.overwrite, lowercase=f.lowercase,
                    log=lambda message: print(message, flush=True),
                    warn=lambda message: print(message, file=sys.stderr, flush=True))
-    except (corpus.CorpusError, ValueError, OSError) as e:  # OSError: missing, a directory, ...
+    except (corpus.CorpusError, ValueError, OSError, WorkerDiedError) as e:
+        # OSError: a file missing, a directory, ...
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -365,3 +365,28 @@ def test_progress_line_per_shard(tmp_path, bert_chinese_dir):
         "preprocessing: 1/2 shards, 2/3 sentences (67%)",
         "preprocessing: 2/2 shards, 3/3 sentences (100%)"]
     assert "ETA" in progress[1] and "ETA" not in progress[2]
+
+
+def _kill_own_process_on_3(job):
+    """A pool job that dies as the out-of-memory killer would kill it (SIGKILL) on job 3."""
+    import signal
+
+    if job == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return job
+
+
+def test_a_killed_worker_is_an_error_not_a_hang():
+    """multiprocessing.Pool replaces a killed worker and waits for its job forever; the pool
+    preprocessing uses reports it."""
+    import concurrent.futures
+    import multiprocessing
+
+    from data_pipeline import preprocess as preprocess_module
+
+    with concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert sorted(preprocess_module._run(abs, [-1, -2, 3], pool)) == [1, 2, 3]
+        with pytest.raises(preprocess_module.WorkerDiedError,
+                           match="worker process died .*out-of-memory"):
+            preprocess_module._run(_kill_own_process_on_3, list(range(6)), pool)
