@@ -78,13 +78,14 @@ class LineEncoder:
         from tokenizers import Tokenizer
 
         from data_pipeline.tokenization import TokenEncoder
+        from data_pipeline.windows import window_budget
 
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
         self.encoder = TokenEncoder(Tokenizer.from_str(tokenizer_json), unk_token_id)
         self.prefix_ids, self.suffix_ids = list(prefix_ids), list(suffix_ids)
         self.unk_token_id = unk_token_id
-        self.budget = max_seq_length - len(self.prefix_ids) - len(self.suffix_ids)
+        self.budget = window_budget(max_seq_length, self.prefix_ids, self.suffix_ids)
         self.stride = stride
         self.input_format = input_format
         self.max_line_chars = max_line_chars
