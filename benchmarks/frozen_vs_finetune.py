@@ -188,6 +188,7 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
         axis.plot(steps, f1, marker="o", markersize=3, label=run["label"])
     axis.set_xlabel("training step")
     axis.set_ylabel("dev entity F1 (micro, strict IOB2)")
+    axis.set_ylim(0, 1)
     axis.set_title("People's Daily dev F1 over training")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
