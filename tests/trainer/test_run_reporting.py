@@ -65,7 +65,8 @@ def index_of(messages, predicate, what):
 
 def test_frozen_run_says_what_trains_and_reports_progress(tiny, tmp_path):
     run_dir = tmp_path / "frozen"
-    results, messages = run_logged(tt.make_config(tiny, run_dir, eval_every=3))
+    # Batches of 64: the 6 steps are more than an epoch, so the feature cache is built.
+    results, messages = run_logged(tt.make_config(tiny, run_dir, eval_every=3, batch_size=64))
     assert results["step"] == 6
 
     # The table, in the log and in variables.json: every encoder group frozen.
