@@ -17,8 +17,9 @@ from the run's own files, never typed in:
 - dev F1: the best dev evaluation in the event files (the trainer keeps that checkpoint and
   scores test with it; the `fit` recipes score test with their final weights, as `fit` leaves
   them), and the dev F1 curve over steps for the plot;
-- steps, epochs and wall time: results.json (the trainer's wall time is the span of its event
-  files, so a run resumed in a later sitting counts the gap; the budget column says so).
+- steps, epochs and wall time: results.json; the trainer's wall time runs from its config.json
+  (written at the start, before the feature cache is built) to its last event, so a run resumed
+  in a later sitting would count the gap, and preprocessing is not counted.
 
 The generated part of the document lies between the two marker lines below; the rest is prose.
 """
@@ -116,7 +117,10 @@ def event_wall_seconds(run_dir: pathlib.Path) -> float:
     times = [event.wall_time
              for accumulator in RunEvents(run_dir).accumulators.values()
              for tag in accumulator.Tags()["tensors"] for event in accumulator.Tensors(tag)]
-    return max(times) - min(times)
+    # config.json is written when the run starts, before the feature cache is built and before
+    # the first event; preprocessing (done or reused before it) is not counted.
+    started = min(min(times), (run_dir / "config.json").stat().st_mtime)
+    return max(times) - started
 
 
 def read_run(entry: dict[str, Any], root: pathlib.Path) -> dict[str, Any]:
