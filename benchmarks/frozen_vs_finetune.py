@@ -33,6 +33,7 @@ import sys
 from typing import Any
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # trainer.summaries, when run as a script
 DOCUMENT = REPO_ROOT / "docs" / "frozen_vs_finetune.md"
 RUNS_FILE = REPO_ROOT / "docs" / "frozen_vs_finetune_runs.json"
 PLOT = REPO_ROOT / "docs" / "frozen_vs_finetune_dev_f1.png"
@@ -94,7 +95,6 @@ def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
     from tensorboard.util import tensor_util
 
     if kind == "trainer":
-        sys.path.insert(0, str(REPO_ROOT))
         from trainer.summaries import RunEvents
 
         events = RunEvents(run_dir).Tensors("dev/f1")
@@ -111,7 +111,6 @@ def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
 
 
 def event_wall_seconds(run_dir: pathlib.Path) -> float:
-    sys.path.insert(0, str(REPO_ROOT))
     from trainer.summaries import RunEvents
 
     times = [event.wall_time
