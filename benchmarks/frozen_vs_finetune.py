@@ -21,6 +21,19 @@ from the run's own files, never typed in:
   (written at the start, before the feature cache is built) to its last event, so a run resumed
   in a later sitting would count the gap, and preprocessing is not counted.
 
+Run directories do not outlive the machine they ran on, so each run's evidence is also kept in
+the repository, in the entry's `archive` directory (relative to the runs file, so runs/NAME is
+docs/runs/NAME): its results.json and config.json, `predictions_test.txt.xz` (the predictions
+file, xz-compressed), the event files that hold dev/f1 (RUN_DIR/dev for the trainer, RUN_DIR for
+`fit`), and wall.json (the wall time above, measured on the run directory when it was archived).
+The document is made from the archives; `--from_runs` first re-archives every entry whose run
+directory exists under `--runs_root`, so
+
+    python benchmarks/frozen_vs_finetune.py --from_runs   # after new runs: archive, regenerate
+
+and `--check` (also a test, so CI runs it) verifies the document against the archives. An entry
+without `archive` is read from its run directory directly.
+
 The generated part of the document lies between the two marker lines below; the rest is prose.
 """
 
@@ -28,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import pathlib
+import shutil
 import sys
 from typing import Any
 
@@ -45,9 +60,19 @@ class ReportError(RuntimeError):
     """A run directory is missing a file, or its files disagree."""
 
 
+PREDICTIONS = "predictions_test.txt"
+ARCHIVED_PREDICTIONS = PREDICTIONS + ".xz"
+WALL_FILE = "wall.json"
+
+
 def read_predictions(path: pathlib.Path) -> tuple[list[list[str]], list[list[str]]]:
-    """`char gold pred` lines, a blank line after each sentence -> (gold, pred) tag sequences."""
-    return read_predictions_text(path.read_text(encoding="utf-8"), name=str(path))
+    """`char gold pred` lines, a blank line after each sentence -> (gold, pred) tag sequences.
+
+    A path ending in .xz is decompressed first (an archived run)."""
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        data = lzma.decompress(data)
+    return read_predictions_text(data.decode("utf-8"), name=str(path))
 
 
 def read_predictions_text(text: str, name: str = "<predictions>"
@@ -123,13 +148,20 @@ def event_wall_seconds(run_dir: pathlib.Path) -> float:
 
 
 def read_run(entry: dict[str, Any], root: pathlib.Path) -> dict[str, Any]:
-    run_dir = (root / entry["run_dir"]).resolve()
+    """The run of `entry`, read from its run directory under `root`."""
+    return read_run_dir(entry, (root / entry["run_dir"]).resolve())
+
+
+def read_run_dir(entry: dict[str, Any], run_dir: pathlib.Path) -> dict[str, Any]:
+    """What the document shows of one run, from a run directory or an archive of one."""
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         raise ReportError(f"{entry['label']}: {results_file} is missing (run: {entry['command']})")
     results = json.loads(results_file.read_text())
     kind = "fit" if "recipe" in results else "trainer"
-    predictions_file = run_dir / "predictions_test.txt"
+    predictions_file = run_dir / PREDICTIONS
+    if not predictions_file.is_file() and (run_dir / ARCHIVED_PREDICTIONS).is_file():
+        predictions_file = run_dir / ARCHIVED_PREDICTIONS
     if not predictions_file.is_file():
         raise ReportError(f"{entry['label']}: {predictions_file} is missing")
     test = score(*read_predictions(predictions_file))
@@ -145,14 +177,49 @@ def read_run(entry: dict[str, Any], root: pathlib.Path) -> dict[str, Any]:
         steps = int(results["step"])
         steps_per_epoch = int(results["total_steps"]) / max(int(config["epochs"]), 1)
         epochs = steps / steps_per_epoch
-        wall = event_wall_seconds(run_dir)
         padded = None
     else:
         steps, epochs = int(results["steps"]), float(results["epochs"])
-        wall = float(results["wall_seconds"])
         padded = results["test"].get("token_accuracy_with_padding")
+    if (run_dir / WALL_FILE).is_file():  # an archive: measured on the run directory
+        wall = float(json.loads((run_dir / WALL_FILE).read_text())["wall_seconds"])
+    elif kind == "trainer":
+        wall = event_wall_seconds(run_dir)
+    else:
+        wall = float(results["wall_seconds"])
     return dict(entry, kind=kind, steps=steps, epochs=epochs, wall=wall, test=test,
                 best_dev=max(f1 for _, f1 in curve), curve=curve, padded_accuracy=padded)
+
+
+def archive_run(entry: dict[str, Any], run_dir: pathlib.Path, archive: pathlib.Path) -> None:
+    """Copies the files `read_run_dir` reads from `run_dir` into `archive`, replacing it whole.
+
+    The run is read first, so a run directory whose files disagree is never archived; the new
+    archive is built beside the old one and swapped in only once it reads back the same."""
+    from data_pipeline.manifest import clean_stale_directories, replace_directory, staging_directory
+    from trainer.summaries import EVENT_FILE_MARKER
+
+    run = read_run_dir(entry, run_dir)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_directories(archive)
+    with staging_directory(archive) as staging:
+        for name in ("results.json", "config.json"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, staging / name)
+        (staging / ARCHIVED_PREDICTIONS).write_bytes(
+            lzma.compress((run_dir / PREDICTIONS).read_bytes(), preset=9))
+        events = run_dir / "dev" if run["kind"] == "trainer" else run_dir
+        target = staging / "dev" if run["kind"] == "trainer" else staging
+        target.mkdir(exist_ok=True)
+        for event_file in sorted(events.glob(f"*{EVENT_FILE_MARKER}*")):
+            shutil.copy2(event_file, target / event_file.name)
+        (staging / WALL_FILE).write_text(json.dumps(
+            {"wall_seconds": run["wall"], "measured_on": str(run_dir)}, indent=1) + "\n")
+        copy = read_run_dir(entry, staging)
+        if {k: copy[k] for k in ("test", "curve", "wall", "steps", "epochs")} != \
+                {k: run[k] for k in ("test", "curve", "wall", "steps", "epochs")}:
+            raise ReportError(f"{entry['label']}: the archive of {run_dir} reads back differently")
+        replace_directory(staging, archive)
 
 
 def tables(runs: list[dict[str, Any]]) -> str:
@@ -212,14 +279,32 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="compare the document with what the runs give; write nothing")
+    parser.add_argument("--from_runs", action="store_true",
+                        help="first archive every entry whose run directory exists under "
+                             "--runs_root (into its `archive` directory)")
     parser.add_argument("--runs_root", default=str(REPO_ROOT),
                         help="the run directories of the runs file are relative to this")
     parser.add_argument("--runs_file", default=str(RUNS_FILE))
     parser.add_argument("--document", default=str(DOCUMENT))
     parser.add_argument("--plot", default=str(PLOT), help="the PNG to write ('' = none)")
     args = parser.parse_args(argv)
-    entries = json.loads(pathlib.Path(args.runs_file).read_text())
-    runs = [read_run(entry, pathlib.Path(args.runs_root)) for entry in entries]
+    runs_file = pathlib.Path(args.runs_file)
+    entries = json.loads(runs_file.read_text())
+    runs_root = pathlib.Path(args.runs_root)
+    runs = []
+    for entry in entries:
+        run_dir = (runs_root / entry["run_dir"]).resolve()
+        if "archive" not in entry:
+            runs.append(read_run_dir(entry, run_dir))
+            continue
+        archive = (runs_file.parent / entry["archive"]).resolve()
+        if args.from_runs and not args.check and run_dir.is_dir():
+            archive_run(entry, run_dir, archive)
+            print(f"archived {run_dir} -> {archive}")
+        if not archive.is_dir():
+            raise ReportError(f"{entry['label']}: no archive {archive} and no run directory "
+                              f"{run_dir} to make it from (run: {entry['command']})")
+        runs.append(read_run_dir(entry, archive))
     document_path = pathlib.Path(args.document)
     document = document_path.read_text(encoding="utf-8")
     updated = render(document, tables(runs))

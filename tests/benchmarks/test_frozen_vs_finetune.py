@@ -103,3 +103,45 @@ def test_a_missing_run_is_named(tmp_path):
     with pytest.raises(report.ReportError, match="absent.*results.json is missing.*make absent"):
         report.read_run({"label": "absent", "run_dir": "absent", "command": "make absent",
                          "budget": "b"}, tmp_path)
+
+
+def test_an_archived_run_reads_back_without_its_run_directory(tmp_path):
+    make_trainer_run(tmp_path / "ours", [(100, 0.40), (200, 0.61)])
+    make_fit_run(tmp_path / "fit")
+    (tmp_path / "ours" / "checkpoints").mkdir()  # not archived
+    entries = [dict(entry, archive=f"runs/{entry['run_dir']}")
+               for entry in json.loads(runs_file(tmp_path, "ours", "fit").read_text())]
+    path = tmp_path / "docs" / "runs.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(entries))
+    document = tmp_path / "docs" / "doc.md"
+    document.write_text(f"{report.BEGIN}\n{report.END}\n")
+    args = ["--runs_root", str(tmp_path), "--runs_file", str(path), "--document", str(document),
+            "--plot", ""]
+    with pytest.raises(report.ReportError, match="no archive .*runs/ours and no run directory"):
+        report.main(args + ["--runs_root", str(tmp_path / "elsewhere")])
+    assert report.main(args + ["--from_runs"]) == 0
+    live = report.tables([report.read_run(entry, tmp_path) for entry in entries])
+    assert document.read_text() == f"{report.BEGIN}\n{live}{report.END}\n"
+    ours = tmp_path / "docs" / "runs" / "ours"
+    assert sorted(p.name for p in ours.iterdir()) == [
+        "config.json", "dev", "predictions_test.txt.xz", "results.json", "wall.json"]
+    fit = sorted(p.name for p in (tmp_path / "docs" / "runs" / "fit").iterdir())
+    assert fit[1:] == ["predictions_test.txt.xz", "results.json", "wall.json"]
+    assert "tfevents" in fit[0]  # fit writes its dev/f1 events in RUN_DIR itself
+    # The run directories gone, the archives alone reproduce the same document.
+    import shutil
+
+    shutil.rmtree(tmp_path / "ours")
+    shutil.rmtree(tmp_path / "fit")
+    assert report.main(args + ["--check"]) == 0
+    assert report.main(args + ["--from_runs", "--check"]) == 0  # --check never archives
+
+
+def test_a_run_whose_files_disagree_is_not_archived(tmp_path):
+    make_trainer_run(tmp_path / "ours", [(100, 0.4)], test_f1=0.9)
+    entry = {"label": "ours", "run_dir": "ours", "command": "c", "budget": "b"}
+    with pytest.raises(report.ReportError, match="seqeval gives test F1"):
+        report.archive_run(entry, tmp_path / "ours", tmp_path / "archive")
+    assert not (tmp_path / "archive").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ours"]  # no staging directory left
