@@ -7,7 +7,7 @@ piece per character), then scores dev and test with the project's own `trainer.e
 windows merged back to one tag per character exactly as the trainer does, entity F1 identical to
 seqeval's strict IOB2 mode. Test is scored once, with the final weights (what `fit` leaves).
 
-Two recipes, and flags that move one cause at a time from one to the other:
+Three recipes; flags move one cause at a time from the blog's to the reference:
 
     what             --recipe=reference (issue 9)            --recipe=blog (the failing one)
     loss             SparseCategoricalCrossentropy            categorical_crossentropy on one-hot
@@ -19,6 +19,13 @@ Two recipes, and flags that move one cause at a time from one to the other:
 
     --from_logits / --nofrom_logits, --learning_rate, --lr_schedule=linear|constant,
     --warmup_proportion, --mask_padding / --nomask_padding override the recipe's choice.
+
+    --recipe=kashgari: the frozen recipe of the same experiment, as kashgari 1.x builds its
+    BiLSTM_Model on a BERTEmbedding: the encoder frozen (not trained, but run on every step, as
+    `fit` does), its last 4 layers concatenated, a BiLSTM of 128 units, dropout 0.4, a softmax
+    Dense; `compile(loss='categorical_crossentropy', optimizer='adam', metrics=['accuracy'])` on
+    one-hot labels, which is right here (the model outputs probabilities); Adam 1e-3; padding
+    labelled "O" and counted (kashgari gives it a <PAD> label of its own, also counted).
 
 Batches are padded to `--pad_to` (128) positions, the blog's fixed length. results.json holds
 entity P/R/F1 micro and per type (the project's evaluation), the token accuracy over labelled
@@ -76,7 +83,11 @@ RECIPES = {
                       mask_padding=True, one_hot=False),
     "blog": dict(from_logits=False, learning_rate=1e-3, lr_schedule="constant",
                  mask_padding=False, one_hot=True),
+    # The model outputs softmax probabilities, so from_logits=False is the right loss here.
+    "kashgari": dict(from_logits=False, learning_rate=1e-3, lr_schedule="constant",
+                     mask_padding=False, one_hot=True),
 }
+KASHGARI_LAYERS, KASHGARI_UNITS, KASHGARI_DROPOUT = 4, 128, 0.4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,6 +231,42 @@ def learning_rate_schedule(learning_rate: float, *, total_steps: int, schedule: 
     return rate
 
 
+class KashgariStyleTagger(tf.keras.Model):
+    """kashgari 1.x's BiLSTM_Model on a frozen BERTEmbedding, in tf-keras.
+
+    The encoder's last `layers` hidden states concatenated [B, T, layers * H] -> BiLSTM(units,
+    return_sequences) -> Dropout -> Dense(K, softmax). The encoder is frozen (trainable=False:
+    `fit` computes no gradient for it) but, as in kashgari, runs on every step. Like kashgari's,
+    the BiLSTM sees every padded position (no mask).
+    """
+
+    def __init__(self, num_labels: int, *, pretrained: str = DEFAULT_PRETRAINED,
+                 layers: int = KASHGARI_LAYERS, units: int = KASHGARI_UNITS,
+                 dropout: float = KASHGARI_DROPOUT):
+        super().__init__()
+        from transformers import TFBertModel
+
+        self.encoder = TFBertModel.from_pretrained(resolve_path(pretrained), from_pt=False,
+                                                   add_pooling_layer=False)
+        self.encoder.trainable = False
+        self.layers_used = layers
+        self.bilstm = tf.keras.layers.Bidirectional(
+            tf.keras.layers.LSTM(units, return_sequences=True))
+        self.dropout = tf.keras.layers.Dropout(dropout)
+        self.classifier = tf.keras.layers.Dense(num_labels, activation="softmax")
+
+    def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        """inputs: input_ids, attention_mask (token_type_ids) int32 [B, T] -> probabilities
+        float32 [B, T, K]."""
+        outputs = self.encoder(input_ids=inputs["input_ids"],
+                               attention_mask=inputs["attention_mask"],
+                               token_type_ids=tf.zeros_like(inputs["input_ids"]),
+                               output_hidden_states=True, training=False)
+        features = tf.concat(outputs.hidden_states[-self.layers_used:], axis=-1)
+        hidden = self.dropout(self.bilstm(features, training=training), training=training)
+        return self.classifier(hidden)
+
+
 def build_reference_model(num_labels: int, *, pretrained: str = DEFAULT_PRETRAINED,
                           recipe: str = "reference", learning_rate: float | None = None,
                           lr_schedule: str | None = None, from_logits: bool | None = None,
@@ -230,8 +277,9 @@ def build_reference_model(num_labels: int, *, pretrained: str = DEFAULT_PRETRAIN
     Args:
       num_labels: tags K (the classifier is newly initialised).
       pretrained: directory (or hub name) of a TF/safetensors BERT checkpoint.
-      recipe: "reference" or "blog" (see the module docstring); the other arguments, when not
-        None, override the recipe's choice.
+      recipe: "reference", "blog" or "kashgari" (see the module docstring); the other
+        arguments, when not None, override the recipe's choice. "kashgari" builds a
+        `KashgariStyleTagger` instead of TFBertForTokenClassification.
       learning_rate, lr_schedule ("linear" | "constant"), warmup_steps, total_steps: Adam's
         schedule (Adam on every weight, Keras defaults otherwise).
       from_logits: the loss's from_logits (the model outputs logits).
@@ -247,8 +295,11 @@ def build_reference_model(num_labels: int, *, pretrained: str = DEFAULT_PRETRAIN
                         ("from_logits", from_logits), ("one_hot", one_hot)):
         if value is not None:
             settings[name] = value
-    model = TFBertForTokenClassification.from_pretrained(
-        resolve_path(pretrained), num_labels=num_labels, from_pt=False)
+    if recipe == "kashgari":
+        model = KashgariStyleTagger(num_labels, pretrained=pretrained)
+    else:
+        model = TFBertForTokenClassification.from_pretrained(
+            resolve_path(pretrained), num_labels=num_labels, from_pt=False)
     if settings["one_hot"]:
         if settings["from_logits"]:
             loss = tf.keras.losses.CategoricalCrossentropy(from_logits=True)
@@ -315,7 +366,11 @@ class TaggerView:
         self.model = model
 
     def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
-        """inputs: input_ids, attention_mask int32 [B, T] -> logits float32 [B, T, K]."""
+        """inputs: input_ids, attention_mask int32 [B, T] -> logits float32 [B, T, K] (for a
+        model that outputs probabilities, their logarithm: the same argmax and loss)."""
+        if isinstance(self.model, KashgariStyleTagger):
+            probabilities = self.model(inputs, training=training)
+            return tf.math.log(tf.maximum(tf.cast(probabilities, tf.float32), 1e-7))
         outputs = self.model(input_ids=inputs["input_ids"],
                              attention_mask=inputs["attention_mask"],
                              token_type_ids=tf.zeros_like(inputs["input_ids"]), training=training)
@@ -502,7 +557,8 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
 
 def define_flags() -> None:
     flags.DEFINE_enum("recipe", "reference", list(RECIPES), "reference: sparse CE from logits, "
-                      "Adam 5e-5 linear decay, padding masked. blog: the failing recipe.")
+                      "Adam 5e-5 linear decay, padding masked. blog: the failing recipe. "
+                      "kashgari: frozen encoder, last 4 layers, BiLSTM 128, softmax.")
     flags.DEFINE_string("pretrained", DEFAULT_PRETRAINED, "BERT checkpoint directory.")
     flags.DEFINE_string("manifest", "", "A preprocessed directory to use (default: preprocess "
                         "the trainer's People's Daily files with --pretrained's tokenizer and "

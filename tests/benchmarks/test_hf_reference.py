@@ -1,0 +1,68 @@
+"""benchmarks/hf_reference.py: the kashgari-style frozen recipe (issue 9, runs item 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import hf_reference  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    import tensorflow as tf
+    from transformers import BertConfig, TFBertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=5, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    model = TFBertModel(config)
+    model(tf.zeros([1, 4], tf.int32))
+    path = tmp_path_factory.mktemp("tiny_bert")
+    model.save_pretrained(path)
+    return path
+
+
+def batch(seed, batch_size=4, length=12, num_labels=5):
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(1, 50, [batch_size, length]).astype(np.int32)
+    attention_mask = np.ones_like(input_ids)
+    attention_mask[:, 9:] = 0
+    x = {"input_ids": input_ids, "attention_mask": attention_mask,
+         "token_type_ids": np.zeros_like(input_ids)}
+    labels = np.eye(num_labels, dtype=np.float32)[rng.integers(0, num_labels, [batch_size, length])]
+    return x, labels
+
+
+def test_kashgari_recipe_trains_the_bilstm_and_head_only(tiny_bert_dir):
+    model = hf_reference.build_reference_model(5, pretrained=str(tiny_bert_dir),
+                                               recipe="kashgari", total_steps=4)
+    assert isinstance(model, hf_reference.KashgariStyleTagger)
+    x, labels = batch(0)
+    probabilities = model(x).numpy()
+    assert probabilities.shape == (4, 12, 5)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)  # softmax outputs
+    # The BiLSTM reads the last 4 of the 6 hidden states (embeddings + 5 layers), concatenated.
+    assert model.bilstm.forward_layer.cell.kernel.shape == (4 * 16, 4 * 128)
+    encoder_before = [w.numpy() for w in model.encoder.weights]
+    head_before = [w.numpy() for w in model.trainable_weights]
+    assert not {id(w) for w in model.encoder.weights} & {id(w) for w in model.trainable_weights}
+    assert model.loss == "categorical_crossentropy"
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-3)
+    model.fit(x, labels, epochs=2, verbose=0)
+    for before, after in zip(encoder_before, model.encoder.weights):
+        np.testing.assert_array_equal(before, after.numpy())  # frozen: bit-identical
+    assert all(np.abs(b - a.numpy()).max() > 0
+               for b, a in zip(head_before, model.trainable_weights))
+
+
+def test_the_evaluation_view_of_a_probability_model_gives_log_probabilities(tiny_bert_dir):
+    import tensorflow as tf
+
+    model = hf_reference.build_reference_model(5, pretrained=str(tiny_bert_dir),
+                                               recipe="kashgari")
+    x, _ = batch(1)
+    probabilities = model(x).numpy()
+    logits = hf_reference.tagger_view(model)(
+        {k: tf.constant(v) for k, v in x.items()}).numpy()
+    np.testing.assert_allclose(np.exp(logits), probabilities, rtol=1e-5, atol=1e-7)
+    assert (logits.argmax(-1) == probabilities.argmax(-1)).all()
