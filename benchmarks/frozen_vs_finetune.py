@@ -24,10 +24,11 @@ from the run's own files, never typed in:
 Run directories do not outlive the machine they ran on, so each run's evidence is also kept in
 the repository, in the entry's `archive` directory (relative to the runs file, so runs/NAME is
 docs/runs/NAME): its results.json and config.json, `predictions_test.txt.xz` (the predictions
-file, xz-compressed), the event files that hold dev/f1 (RUN_DIR/dev for the trainer, RUN_DIR for
-`fit`), and wall.json (the wall time above, measured on the run directory when it was archived).
-The document is made from the archives; `--from_runs` first re-archives every entry whose run
-directory exists under `--runs_root`, so
+file, xz-compressed), the event files that hold dev/f1 (RUN_DIR/dev for the trainer; RUN_DIR
+for `fit` and for the trainer of before one event directory per split), and wall.json (the wall
+time above, measured on the run directory when it was archived). The document is made from the
+archives; `--from_runs` first re-archives every entry whose run directory exists under
+`--runs_root`, so
 
     python benchmarks/frozen_vs_finetune.py --from_runs   # after new runs: archive, regenerate
 
@@ -119,11 +120,12 @@ def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
     """(step, dev F1) of every dev evaluation in the run's event files."""
     from tensorboard.util import tensor_util
 
-    if kind == "trainer":
+    if kind == "trainer" and (run_dir / "dev").is_dir():
         from trainer.summaries import RunEvents
 
         events = RunEvents(run_dir).Tensors("dev/f1")
-    else:
+    else:  # `fit`, or the trainer before it wrote one event directory per split
+
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
@@ -136,10 +138,15 @@ def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
 
 
 def event_wall_seconds(run_dir: pathlib.Path) -> float:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from trainer.summaries import RunEvents
 
-    times = [event.wall_time
-             for accumulator in RunEvents(run_dir).accumulators.values()
+    if (run_dir / "dev").is_dir():
+        accumulators = list(RunEvents(run_dir).accumulators.values())
+    else:  # the trainer before it wrote one event directory per split
+        accumulators = [EventAccumulator(str(run_dir), size_guidance={"tensors": 0})]
+        accumulators[0].Reload()
+    times = [event.wall_time for accumulator in accumulators
              for tag in accumulator.Tags()["tensors"] for event in accumulator.Tensors(tag)]
     # config.json is written when the run starts, before the feature cache is built and before
     # the first event; preprocessing (done or reused before it) is not counted.
@@ -208,8 +215,9 @@ def archive_run(entry: dict[str, Any], run_dir: pathlib.Path, archive: pathlib.P
                 shutil.copy2(run_dir / name, staging / name)
         (staging / ARCHIVED_PREDICTIONS).write_bytes(
             lzma.compress((run_dir / PREDICTIONS).read_bytes(), preset=9))
-        events = run_dir / "dev" if run["kind"] == "trainer" else run_dir
-        target = staging / "dev" if run["kind"] == "trainer" else staging
+        split_events = run["kind"] == "trainer" and (run_dir / "dev").is_dir()
+        events = run_dir / "dev" if split_events else run_dir
+        target = staging / "dev" if split_events else staging
         target.mkdir(exist_ok=True)
         for event_file in sorted(events.glob(f"*{EVENT_FILE_MARKER}*")):
             shutil.copy2(event_file, target / event_file.name)

@@ -138,6 +138,30 @@ def test_an_archived_run_reads_back_without_its_run_directory(tmp_path):
     assert report.main(args + ["--from_runs", "--check"]) == 0  # --check never archives
 
 
+def test_a_trainer_run_of_the_one_directory_event_layout_is_read_and_archived(tmp_path):
+    """Runs made before the trainer wrote RUN_DIR/dev (all events in RUN_DIR) still count."""
+    import tensorflow as tf
+
+    run = tmp_path / "old"
+    make_trainer_run(tmp_path / "new", [(100, 0.40)])
+    run.mkdir()
+    for name in ("predictions_test.txt", "results.json", "config.json"):
+        (run / name).write_bytes((tmp_path / "new" / name).read_bytes())
+    writer = tf.summary.create_file_writer(str(run))
+    with writer.as_default():
+        tf.summary.scalar("dev/f1", 0.3, step=100)
+        tf.summary.scalar("dev/f1", 0.45, step=300)
+    writer.close()
+    entry = {"label": "old", "run_dir": "old", "command": "make old", "budget": "tiny"}
+    read = report.read_run(entry, tmp_path)
+    assert read["kind"] == "trainer"
+    assert read["curve"] == [(100, pytest.approx(0.3)), (300, pytest.approx(0.45))]
+    assert read["epochs"] == pytest.approx(3.0)
+    report.archive_run(entry, run, tmp_path / "archive")
+    archived = report.read_run_dir(entry, tmp_path / "archive")
+    assert archived["curve"] == read["curve"] and archived["wall"] == read["wall"]
+
+
 def test_a_run_whose_files_disagree_is_not_archived(tmp_path):
     make_trainer_run(tmp_path / "ours", [(100, 0.4)], test_f1=0.9)
     entry = {"label": "ours", "run_dir": "ours", "command": "c", "budget": "b"}
@@ -145,3 +169,8 @@ def test_a_run_whose_files_disagree_is_not_archived(tmp_path):
         report.archive_run(entry, tmp_path / "ours", tmp_path / "archive")
     assert not (tmp_path / "archive").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ours"]  # no staging directory left
+
+
+def test_the_published_document_matches_its_archived_runs():
+    """docs/frozen_vs_finetune.md, as committed, is what its archived runs give (issue 9)."""
+    assert report.main(["--check", "--plot", ""]) == 0
