@@ -32,6 +32,14 @@ entity P/R/F1 micro and per type (the project's evaluation), the token accuracy 
 characters (the project's) and over every padded position with padding labelled "O" (the blog's),
 the fit history and the wall time; TensorBoard scalars (dev f1 per epoch) go to --run_dir.
 
+A long `fit` survives being killed: `tf.keras.callbacks.BackupAndRestore` saves the weights, the
+optimizer and the position in the epoch to RUN_DIR/backup every `--backup_every_steps` steps, and
+the same command run again resumes from there (the steps after the last backup are redone); the
+backup is deleted once results.json is written. `fit_seconds` sums the fit time of every process
+that worked on the run (RUN_DIR/fit_clock.json), `wall_seconds` adds the last one's setup and
+evaluation. `--train_file` trains on another corpus file than the trainer's default (e.g. the
+4,000-sentence subset of docs/finetune_4k_study.md, so both frameworks see the same sentences).
+
     python benchmarks/hf_reference.py --train_sentences=4000 --epochs=3 --run_dir=runs/hf_ref_4k
     python benchmarks/hf_reference.py --recipe=blog --train_sentences=4000 --run_dir=runs/hf_blog
     python benchmarks/hf_reference.py --recipe=blog --from_logits --run_dir=runs/hf_blog_logits
@@ -483,6 +491,74 @@ class DevF1Callback(tf.keras.callbacks.Callback):
         self.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
 
 
+class FitClock(tf.keras.callbacks.Callback):
+    """Seconds of `fit` summed over every process that worked on one run directory.
+
+    Written to `path` every `save_every` steps (right after BackupAndRestore's backup, which runs
+    before it in the callback list) and at the end; a resumed run starts from the recorded sum.
+    """
+
+    def __init__(self, path: pathlib.Path, save_every: int):
+        super().__init__()
+        self.path, self.save_every = path, save_every
+        self.before = float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
+        self.started = time.time()
+        self.batches = 0
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.started
+
+    def save(self) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"seconds": self.seconds()}))
+        os.replace(partial, self.path)
+
+    def on_train_begin(self, logs=None):
+        self.started = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.save_every and self.batches % self.save_every == 0:
+            self.save()
+
+    def on_train_end(self, logs=None):
+        self.save()
+
+
+def fit_resumable(model, train: tf.data.Dataset, *, epochs: int, run_dir: pathlib.Path,
+                  backup_every_steps: int, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                  verbose: int = 2) -> tuple[tf.keras.callbacks.History, FitClock]:
+    """`model.fit` that resumes where a killed process left it (RUN_DIR/backup), if it did.
+
+    The backup is kept when fit returns (a kill during the evaluation that follows must not
+    restart training); `finish_resumable` deletes it once the results are written.
+
+    Returns:
+      fit's History (the epochs of this process only) and the clock of every process's fit time.
+    """
+    backup_dir = run_dir / "backup"
+    if backup_every_steps and backup_dir.is_dir():
+        logging.info("resuming fit from the backup in %s", backup_dir)
+    if not model.built:  # BackupAndRestore restores into built weights and optimizer slots
+        model(next(iter(train))[0])
+    clock = FitClock(run_dir / "fit_clock.json", backup_every_steps)
+    extra: list[tf.keras.callbacks.Callback] = []
+    if backup_every_steps:
+        extra.append(tf.keras.callbacks.BackupAndRestore(
+            str(backup_dir), save_freq=backup_every_steps, delete_checkpoint=False))
+    history = model.fit(train, epochs=epochs, callbacks=[*extra, clock, *callbacks],
+                        verbose=verbose)
+    return history, clock
+
+
+def finish_resumable(run_dir: pathlib.Path) -> None:
+    """Deletes the backup and the clock of a finished run (call after results.json exists)."""
+    import shutil
+
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    (run_dir / "fit_clock.json").unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole run
 # ------------------------------------------------------------------------------------------------
@@ -493,7 +569,8 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
                   batch_size: int = 32, pad_to: int = 128, learning_rate: float | None = None,
                   lr_schedule: str | None = None, warmup_proportion: float = 0.0,
                   from_logits: bool | None = None, mask_padding: bool | None = None,
-                  seed: int = 0, eval_max_batches: int = 0,
+                  seed: int = 0, eval_max_batches: int = 0, train_file: str = "",
+                  backup_every_steps: int = 200,
                   flag_values: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains with `fit` and writes run_dir/results.json (see the module docstring).
 
@@ -505,7 +582,9 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
     run_path = pathlib.Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     if manifest_dir is None:
-        manifest_dir = prepare_manifest(pretrained=pretrained, max_seq_length=pad_to)
+        manifest_dir = prepare_manifest(
+            pretrained=pretrained, max_seq_length=pad_to,
+            extra_flags=[f"--train_file={train_file}"] if train_file else ())
     manifest = load_manifest(manifest_dir)
     label_map = list(manifest["label_map"])
     settings = dict(RECIPES[recipe])
@@ -530,9 +609,9 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
                              max_batches=eval_max_batches, steps_per_epoch=steps_per_epoch)
     logging.info("recipe %s %s: %d train windows (%s sentences), %d steps per epoch, %d epochs",
                  recipe, settings, num_windows, train_sentences or "all", steps_per_epoch, epochs)
-    fit_started = time.time()
-    history = model.fit(train, epochs=epochs, callbacks=[callback], verbose=2)
-    fit_seconds = time.time() - fit_started
+    history, clock = fit_resumable(model, train, epochs=epochs, run_dir=run_path,
+                                   backup_every_steps=backup_every_steps, callbacks=[callback])
+    fit_seconds = clock.seconds()
     results: dict[str, Any] = {
         "recipe": recipe, "settings": settings, "flags": flag_values or {},
         "pretrained": pretrained, "manifest_dir": manifest_dir,
@@ -548,8 +627,10 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
         results[split] = evaluate_split(model, manifest_dir, split, pad_to=pad_to,
                                         max_batches=eval_max_batches,
                                         predictions_file=run_path / f"predictions_{split}.txt")
-    results["wall_seconds"] = time.time() - started
+    results["wall_seconds"] = time.time() - started + clock.before
+    results["resumed"] = clock.before > 0
     (run_path / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    finish_resumable(run_path)
     logging.info("dev f1 %.4f, test f1 %.4f (%.0f s); results in %s", results["dev"]["f1"],
                  results["test"]["f1"], results["wall_seconds"], run_path / "results.json")
     return results
@@ -564,6 +645,10 @@ def define_flags() -> None:
                         "the trainer's People's Daily files with --pretrained's tokenizer and "
                         "windows of --pad_to pieces, or reuse the cache).")
     flags.DEFINE_integer("train_sentences", 0, "Random subset of train sentences (0 = all).")
+    flags.DEFINE_string("train_file", "", "Train corpus file (default: the trainer's People's "
+                        "Daily proxy train); ignored with --manifest.")
+    flags.DEFINE_integer("backup_every_steps", 200, "Back up the fit state every this many steps "
+                         "so that the same command resumes a killed run (0 = never).")
     flags.DEFINE_integer("epochs", 3, "Epochs of fit.")
     flags.DEFINE_integer("batch_size", 32, "Windows per batch.")
     flags.DEFINE_integer("pad_to", 128, "Fixed padded length (also max_seq_length when "
@@ -600,11 +685,13 @@ def main(argv):
         learning_rate=values["learning_rate"], lr_schedule=values["lr_schedule"],
         warmup_proportion=values["warmup_proportion"], from_logits=values["from_logits"],
         mask_padding=values["mask_padding"], seed=values["seed"],
-        eval_max_batches=values["eval_max_batches"],
+        eval_max_batches=values["eval_max_batches"], train_file=values["train_file"],
+        backup_every_steps=values["backup_every_steps"],
         flag_values={name: values[name] for name in (
             "recipe", "pretrained", "manifest", "train_sentences", "epochs", "batch_size",
             "pad_to", "learning_rate", "lr_schedule", "warmup_proportion", "from_logits",
-            "mask_padding", "seed", "eval_max_batches", "run_dir")})
+            "mask_padding", "seed", "eval_max_batches", "run_dir", "train_file",
+            "backup_every_steps")})
 
 
 if __name__ == "__main__":

@@ -66,3 +66,54 @@ def test_the_evaluation_view_of_a_probability_model_gives_log_probabilities(tiny
         {k: tf.constant(v) for k, v in x.items()}).numpy()
     np.testing.assert_allclose(np.exp(logits), probabilities, rtol=1e-5, atol=1e-7)
     assert (logits.argmax(-1) == probabilities.argmax(-1)).all()
+
+
+class KillAt(Exception):
+    pass
+
+
+def test_a_killed_fit_resumes_from_its_backup_and_counts_each_segment(tiny_bert_dir, tmp_path):
+    """A fit killed mid-epoch, run again, trains only the steps after its last backup."""
+    import tensorflow as tf
+
+    batches = [batch(seed, num_labels=5) for seed in range(6)]
+    train = tf.data.Dataset.from_tensor_slices((
+        {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]},
+        np.concatenate([b[1] for b in batches]))).batch(4)  # 6 steps per epoch
+
+    class Kill(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch_index, logs=None):
+            if self.model.optimizer.iterations.numpy() == 9:  # epoch 2, after its 3rd step
+                raise KillAt()
+
+    def model():
+        return hf_reference.build_reference_model(
+            5, pretrained=str(tiny_bert_dir), recipe="kashgari", total_steps=12)
+
+    first = model()
+    with pytest.raises(KillAt):
+        hf_reference.fit_resumable(first, train, epochs=2, run_dir=tmp_path,
+                                   backup_every_steps=4, callbacks=[Kill()], verbose=0)
+    assert (tmp_path / "backup").is_dir()
+    before = hf_reference.FitClock(tmp_path / "fit_clock.json", 4).before
+    assert before > 0  # the clock was saved with the backup at step 8
+    backed_up = [w.numpy() for w in first.trainable_weights]
+    second = model()
+    seen = []
+
+    class Count(tf.keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch_index, logs=None):
+            seen.append(int(self.model.optimizer.iterations.numpy()))
+
+    history, clock = hf_reference.fit_resumable(second, train, epochs=2, run_dir=tmp_path,
+                                                backup_every_steps=4, callbacks=[Count()],
+                                                verbose=0)
+    # Restored at step 8 (the last backup): steps 8..11 of 12 run again, not 0..11.
+    assert seen == [8, 9, 10, 11]
+    assert int(second.optimizer.iterations.numpy()) == 12
+    assert len(history.history["loss"]) == 1  # only the second epoch ran in this process
+    assert clock.seconds() > before
+    assert any(np.abs(b - a.numpy()).max() > 0
+               for b, a in zip(backed_up, second.trainable_weights))
+    hf_reference.finish_resumable(tmp_path)
+    assert not (tmp_path / "backup").exists() and not (tmp_path / "fit_clock.json").exists()

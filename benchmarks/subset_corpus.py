@@ -1,0 +1,52 @@
+"""A random subset of a corpus file's sentences, in file order (the 4,000-sentence studies).
+
+    python benchmarks/subset_corpus.py --sentences=4000 --output=/tmp/pd_train_4k.train
+
+Sentences are the blank-line-separated blocks of the input (one `char tag` line per character,
+as every corpus format this project reads); the pick is `random.seed(seed)`,
+`random.sample(range(number of blocks), sentences)`, sorted, which is the subset of
+docs/finetune_4k_study.md. The output is written whole to OUTPUT.partial and renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import random
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_INPUT = REPO_ROOT / ".." / "shared" / "data" / "people_daily_proxy_train" / "example.train"
+
+
+def subset_text(text: str, sentences: int, seed: int = 0, name: str = "<corpus>") -> str:
+    blocks = [block for block in text.split("\n\n") if block.strip()]
+    if not 0 < sentences <= len(blocks):
+        raise ValueError(f"{name}: asked for {sentences} sentences, the file has {len(blocks)}")
+    random.seed(seed)
+    pick = sorted(random.sample(range(len(blocks)), sentences))
+    return "\n\n".join(blocks[i].strip("\n") for i in pick) + "\n\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", default=os.environ.get("TAGGER_SHARED_DIR") and str(
+        pathlib.Path(os.environ["TAGGER_SHARED_DIR"]) / "data" / "people_daily_proxy_train"
+        / "example.train") or str(DEFAULT_INPUT))
+    parser.add_argument("--sentences", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    source = pathlib.Path(args.input)
+    text = subset_text(source.read_text(encoding="utf-8"), args.sentences, args.seed,
+                       name=str(source))
+    output = pathlib.Path(args.output)
+    partial = output.with_name(output.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, output)
+    print(f"wrote {args.sentences} of the sentences of {source} to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
