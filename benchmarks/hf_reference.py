@@ -537,6 +537,10 @@ def fit_resumable(model, train: tf.data.Dataset, *, epochs: int, run_dir: pathli
       fit's History (the epochs of this process only) and the clock of every process's fit time.
     """
     backup_dir = run_dir / "backup"
+    if backup_every_steps and int(tf.data.experimental.cardinality(train)) < 0:
+        # BackupAndRestore finds its place in the epoch from the epoch's length.
+        raise ValueError("fit_resumable needs a dataset of known length (e.g. "
+                         "dataset.apply(tf.data.experimental.assert_cardinality(steps)))")
     if backup_every_steps and backup_dir.is_dir():
         logging.info("resuming fit from the backup in %s", backup_dir)
     if not model.built:  # BackupAndRestore restores into built weights and optimizer slots
@@ -604,7 +608,8 @@ def run_reference(*, run_dir: str, recipe: str = "reference", manifest_dir: str 
         total_steps=total_steps, warmup_steps=warmup_steps)
     train = fit_dataset(manifest_dir, "train", batch_size, pad_to, sentence_ids=sentence_ids,
                         seed=seed, mask_padding=settings["mask_padding"],
-                        one_hot=settings["one_hot"])
+                        one_hot=settings["one_hot"]).apply(
+                            tf.data.experimental.assert_cardinality(steps_per_epoch))
     callback = DevF1Callback(manifest_dir, str(run_path), pad_to=pad_to,
                              max_batches=eval_max_batches, steps_per_epoch=steps_per_epoch)
     logging.info("recipe %s %s: %d train windows (%s sentences), %d steps per epoch, %d epochs",

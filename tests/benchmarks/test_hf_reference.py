@@ -115,5 +115,8 @@ def test_a_killed_fit_resumes_from_its_backup_and_counts_each_segment(tiny_bert_
     assert clock.seconds() > before
     assert any(np.abs(b - a.numpy()).max() > 0
                for b, a in zip(backed_up, second.trainable_weights))
+    with pytest.raises(ValueError, match="known length"):  # where the epoch ends must be known
+        hf_reference.fit_resumable(second, train.filter(lambda *_: True), epochs=2,
+                                   run_dir=tmp_path, backup_every_steps=4, verbose=0)
     hf_reference.finish_resumable(tmp_path)
     assert not (tmp_path / "backup").exists() and not (tmp_path / "fit_clock.json").exists()
