@@ -261,9 +261,12 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5.5), dpi=100)
-    for run in runs:
+    colours = plt.get_cmap("tab10").colors
+    for index, run in enumerate(runs):  # ten colours, then the same ten dashed: no two alike
         steps, f1 = zip(*run["curve"])
-        axis.plot(steps, f1, marker="o", markersize=3, label=run["label"])
+        axis.plot(steps, f1, marker="o", markersize=3, label=run["label"],
+                  color=colours[index % len(colours)],
+                  linestyle=("-", "--", ":")[index // len(colours) % 3])
     axis.set_xlabel("training step")
     axis.set_ylabel("dev entity F1 (micro, strict IOB2)")
     axis.set_ylim(0, 1)
