@@ -116,21 +116,29 @@ def score(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
             "token_accuracy": correct / total}
 
 
+def split_event_layout(run_dir: pathlib.Path, kind: str) -> bool:
+    """Whether the run keeps one event directory per split (RUN_DIR/dev, ...): the trainer
+    does; `fit` and the trainer of before that keep every event in RUN_DIR itself."""
+    return kind == "trainer" and (run_dir / "dev").is_dir()
+
+
+def _one_directory_events(run_dir: pathlib.Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
 def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
     """(step, dev F1) of every dev evaluation in the run's event files."""
     from tensorboard.util import tensor_util
+    from trainer.summaries import RunEvents
 
-    if kind == "trainer" and (run_dir / "dev").is_dir():
-        from trainer.summaries import RunEvents
-
+    if split_event_layout(run_dir, kind):
         events = RunEvents(run_dir).Tensors("dev/f1")
-    else:  # `fit`, or the trainer before it wrote one event directory per split
-
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-        accumulator.Reload()
-        events = accumulator.Tensors("dev/f1")
+    else:
+        events = _one_directory_events(run_dir).Tensors("dev/f1")
     curve: dict[int, float] = {}
     for event in events:  # a resumed run may repeat a step: the last write wins
         curve[int(event.step)] = float(tensor_util.make_ndarray(event.tensor_proto))
@@ -138,14 +146,13 @@ def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
 
 
 def event_wall_seconds(run_dir: pathlib.Path) -> float:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """A trainer run's wall time: from its config.json to its last event."""
     from trainer.summaries import RunEvents
 
-    if (run_dir / "dev").is_dir():
+    if split_event_layout(run_dir, "trainer"):
         accumulators = list(RunEvents(run_dir).accumulators.values())
-    else:  # the trainer before it wrote one event directory per split
-        accumulators = [EventAccumulator(str(run_dir), size_guidance={"tensors": 0})]
-        accumulators[0].Reload()
+    else:
+        accumulators = [_one_directory_events(run_dir)]
     times = [event.wall_time for accumulator in accumulators
              for tag in accumulator.Tags()["tensors"] for event in accumulator.Tensors(tag)]
     # config.json is written when the run starts, before the feature cache is built and before
@@ -215,7 +222,7 @@ def archive_run(entry: dict[str, Any], run_dir: pathlib.Path, archive: pathlib.P
                 shutil.copy2(run_dir / name, staging / name)
         (staging / ARCHIVED_PREDICTIONS).write_bytes(
             lzma.compress((run_dir / PREDICTIONS).read_bytes(), preset=9))
-        split_events = run["kind"] == "trainer" and (run_dir / "dev").is_dir()
+        split_events = split_event_layout(run_dir, run["kind"])
         events = run_dir / "dev" if split_events else run_dir
         target = staging / "dev" if split_events else staging
         target.mkdir(exist_ok=True)

@@ -14,30 +14,32 @@ import argparse
 import os
 import pathlib
 import random
+import sys
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = REPO_ROOT / ".." / "shared" / "data" / "people_daily_proxy_train" / "example.train"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # when run as a script
+from trainer.config import resolve_input_path  # noqa: E402  (../shared, or $TAGGER_SHARED_DIR)
+
+DEFAULT_INPUT = "../shared/data/people_daily_proxy_train/example.train"
 
 
 def subset_text(text: str, sentences: int, seed: int = 0, name: str = "<corpus>") -> str:
     blocks = [block for block in text.split("\n\n") if block.strip()]
     if not 0 < sentences <= len(blocks):
         raise ValueError(f"{name}: asked for {sentences} sentences, the file has {len(blocks)}")
-    random.seed(seed)
-    pick = sorted(random.sample(range(len(blocks)), sentences))
+    # random.Random(seed).sample draws what random.seed(seed); random.sample(...) does.
+    pick = sorted(random.Random(seed).sample(range(len(blocks)), sentences))
     return "\n\n".join(blocks[i].strip("\n") for i in pick) + "\n\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", default=os.environ.get("TAGGER_SHARED_DIR") and str(
-        pathlib.Path(os.environ["TAGGER_SHARED_DIR"]) / "data" / "people_daily_proxy_train"
-        / "example.train") or str(DEFAULT_INPUT))
+    parser.add_argument("--input", default=DEFAULT_INPUT,
+                        help="relative paths resolve as the trainer's flags do")
     parser.add_argument("--sentences", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    source = pathlib.Path(args.input)
+    source = pathlib.Path(resolve_input_path(args.input))
     text = subset_text(source.read_text(encoding="utf-8"), args.sentences, args.seed,
                        name=str(source))
     output = pathlib.Path(args.output)
