@@ -17,9 +17,10 @@ from the run's own files, never typed in:
 - dev F1: the best dev evaluation in the event files (the trainer keeps that checkpoint and
   scores test with it; the `fit` recipes score test with their final weights, as `fit` leaves
   them), and the dev F1 curve over steps for the plot;
-- steps, epochs and wall time: results.json; the trainer's wall time runs from its config.json
-  (written at the start, before the feature cache is built) to its last event, so a run resumed
-  in a later sitting would count the gap, and preprocessing is not counted.
+- steps and epochs: results.json; wall time: the `fit` recipes' results.json (summed over the
+  processes of a resumed `fit`), the trainer's from its event files (`event_wall_seconds`: each
+  process from its config.json or first event to its last event, summed, so the gap between
+  the sittings of a resumed run is not counted; preprocessing is not counted either).
 
 Run directories do not outlive the machine they ran on, so each run's evidence is also kept in
 the repository, in the entry's `archive` directory (relative to the runs file, so runs/NAME is
@@ -146,19 +147,33 @@ def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
 
 
 def event_wall_seconds(run_dir: pathlib.Path) -> float:
-    """A trainer run's wall time: from its config.json to its last event."""
-    from trainer.summaries import RunEvents
+    """A trainer run's wall time, summed over the processes that wrote it.
 
-    if split_event_layout(run_dir, "trainer"):
-        accumulators = list(RunEvents(run_dir).accumulators.values())
-    else:
-        accumulators = [_one_directory_events(run_dir)]
-    times = [event.wall_time for accumulator in accumulators
-             for tag in accumulator.Tags()["tensors"] for event in accumulator.Tensors(tag)]
-    # config.json is written when the run starts, before the feature cache is built and before
-    # the first event; preprocessing (done or reused before it) is not counted.
-    started = min(min(times), (run_dir / "config.json").stat().st_mtime)
-    return max(times) - started
+    A run resumed in a later sitting has several processes, and the time between them (no
+    process running) is not the run's. Each event file names the process that wrote it
+    (`events.out.tfevents.TIME.HOST.PID.N.v2`); a process runs from its first event (a writer's
+    first record is written when it is created) to its last. config.json is (re)written when a
+    process starts, before the feature cache is built and before its first event file, so the
+    process that starts after it is counted from it. Preprocessing (done or reused before) is
+    not counted; steps redone after a resume (from the last checkpoint) are.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    spans: dict[str, list[float]] = {}
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        process = path.name.split(".")[-3]  # the PID; HOST may itself contain dots
+        times = [event.wall_time for event in EventFileLoader(str(path)).Load()]
+        if times:
+            span = spans.setdefault(process, [min(times), max(times)])
+            span[0], span[1] = min(span[0], min(times)), max(span[1], max(times))
+    if not spans:
+        raise ReportError(f"no event files in {run_dir}")
+    configured = (run_dir / "config.json").stat().st_mtime
+    later = [span for span in spans.values() if span[0] >= configured]
+    if later:
+        first_after = min(later, key=lambda span: span[0])
+        first_after[0] = configured
+    return sum(end - start for start, end in spans.values())
 
 
 def read_run(entry: dict[str, Any], root: pathlib.Path) -> dict[str, Any]:

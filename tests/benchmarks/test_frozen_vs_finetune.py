@@ -174,3 +174,33 @@ def test_a_run_whose_files_disagree_is_not_archived(tmp_path):
 def test_the_published_document_matches_its_archived_runs():
     """docs/frozen_vs_finetune.md, as committed, is what its archived runs give (issue 9)."""
     assert report.main(["--check", "--plot", ""]) == 0
+
+
+def _write_events(path, wall_times):
+    """An event file holding one bare event per wall time (the format tf.summary writes)."""
+    import tensorflow as tf
+    from tensorboard.compat.proto import event_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for wall_time in wall_times:
+            writer.write(event_pb2.Event(wall_time=wall_time, step=1).SerializeToString())
+
+
+@pytest.mark.parametrize("configured, expected", [
+    (990.0, (1200 - 990) + (5300 - 5000)),  # config.json as the first process wrote it
+    (4990.0, (1200 - 1010) + (5300 - 4990)),  # rewritten by the resumed process at its start
+])
+def test_the_wall_time_of_a_resumed_run_leaves_out_the_gap_between_processes(
+        tmp_path, configured, expected):
+    import os
+
+    host = "ip-10-0-0-1.ec2.internal"  # a host name with dots: the PID is read from the end
+    _write_events(tmp_path / f"events.out.tfevents.1010.{host}.111.0.v2", [1010.0, 1100.0])
+    _write_events(tmp_path / "dev" / f"events.out.tfevents.1050.{host}.111.1.v2",
+                  [1050.0, 1200.0])
+    _write_events(tmp_path / "train" / f"events.out.tfevents.5000.{host}.222.0.v2",
+                  [5000.0, 5300.0])  # the resumed process, an hour after the first one ended
+    (tmp_path / "config.json").write_text("{}")
+    os.utime(tmp_path / "config.json", (configured, configured))
+    assert report.event_wall_seconds(tmp_path) == pytest.approx(expected)
