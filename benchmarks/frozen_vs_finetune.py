@@ -4,8 +4,8 @@
     python benchmarks/frozen_vs_finetune.py --check    # exit 1 if the document differs
 
 The runs are listed in docs/frozen_vs_finetune_runs.json (label, run directory, the command that
-made it, its budget). Each is a run directory of `trainer.main` or of
-`benchmarks/hf_reference.py` (the transformers `fit` recipes). What the document shows is read
+made it, its budget, the plot panel it is drawn in). Each is a run directory of `trainer.main` or
+of `benchmarks/hf_reference.py` (the transformers `fit` recipes). What the document shows is read
 from the run's own files, never typed in:
 
 - test F1 (micro and per type): the run's `predictions_test.txt` (`char gold pred` lines) scored
@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import math
 import pathlib
 import shutil
 import sys
@@ -277,24 +278,33 @@ def tables(runs: list[dict[str, Any]]) -> str:
 
 
 def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
+    """One panel per entry `panel` (default: one panel for all), each with its own colours and
+    its legend beside it, so that the curves of the full corpus and of the small subsets (whose
+    steps are few) can each be read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 5.5), dpi=100)
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        panels.setdefault(run.get("panel", "all runs"), []).append(run)
+    figure, axes = plt.subplots(len(panels), 1, figsize=(14, 4.8 * len(panels)), dpi=100,
+                                squeeze=False)
     colours = plt.get_cmap("tab10").colors
-    for index, run in enumerate(runs):  # ten colours, then the same ten dashed: no two alike
-        steps, f1 = zip(*run["curve"])
-        axis.plot(steps, f1, marker="o", markersize=3, label=run["label"],
-                  color=colours[index % len(colours)],
-                  linestyle=("-", "--", ":")[index // len(colours) % 3])
-    axis.set_xlabel("training step")
-    axis.set_ylabel("dev entity F1 (micro, strict IOB2)")
-    axis.set_ylim(0, 1)
-    axis.set_title("People's Daily dev F1 over training")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
+    for axis, (title, members) in zip(axes[:, 0], panels.items()):
+        for index, run in enumerate(members):  # ten colours, then the same ten dashed
+            steps, f1 = zip(*run["curve"])
+            axis.plot(steps, f1, marker="o", markersize=3, label=run["label"],
+                      color=colours[index % len(colours)],
+                      linestyle=("-", "--", ":")[index // len(colours) % 3])
+        axis.set_xlabel("training step")
+        axis.set_ylabel("dev entity F1 (micro, strict IOB2)")
+        lowest = min(f1 for run in members for _, f1 in run["curve"])
+        axis.set_ylim(max(0.0, math.floor(lowest * 10 - 0.5) / 10), 1)  # from 0.1 below it
+        axis.set_title(f"People's Daily dev F1 over training: {title}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
