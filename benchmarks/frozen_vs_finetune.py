@@ -279,7 +279,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
 
 def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
     """One panel per entry `panel` (default: one panel for all), each with its own colours and
-    its legend beside it, so that the curves of the full corpus and of the small subsets (whose
+    its legend below it, so that the curves of the full corpus and of the small subsets (whose
     steps are few) can each be read."""
     import matplotlib
 
@@ -289,7 +289,7 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
     panels: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         panels.setdefault(run.get("panel", "all runs"), []).append(run)
-    figure, axes = plt.subplots(len(panels), 1, figsize=(14, 4.8 * len(panels)), dpi=100,
+    figure, axes = plt.subplots(len(panels), 1, figsize=(14, 8 * len(panels)), dpi=100,
                                 squeeze=False)
     colours = plt.get_cmap("tab10").colors
     for axis, (title, members) in zip(axes[:, 0], panels.items()):
@@ -304,7 +304,7 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
         axis.set_ylim(max(0.0, math.floor(lowest * 10 - 0.5) / 10), 1)  # from 0.1 below it
         axis.set_title(f"People's Daily dev F1 over training: {title}")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axis.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
