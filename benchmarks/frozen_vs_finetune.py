@@ -80,25 +80,33 @@ def read_predictions(path: pathlib.Path) -> tuple[list[list[str]], list[list[str
 
 def read_predictions_text(text: str, name: str = "<predictions>"
                           ) -> tuple[list[list[str]], list[list[str]]]:
-    gold, pred, sentence_gold, sentence_pred = [], [], [], []
+    _, gold, pred = read_prediction_columns(text, name)
+    return gold, pred
+
+
+def read_prediction_columns(text: str, name: str = "<predictions>"
+                            ) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """`char gold pred` lines, a blank line after each sentence -> (chars, gold, pred)."""
+    chars, gold, pred = [], [], []
+    sentence: list[list[str]] = [[], [], []]
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
-            if sentence_gold:
-                gold.append(sentence_gold)
-                pred.append(sentence_pred)
-                sentence_gold, sentence_pred = [], []
+            if sentence[0]:
+                for column, values in zip((chars, gold, pred), sentence):
+                    column.append(values)
+                sentence = [[], [], []]
             continue
         columns = line.rsplit(" ", 2)
         if len(columns) != 3:
             raise ReportError(f"{name}:{number}: expected 'char gold pred', got {line!r}")
-        sentence_gold.append(columns[1])
-        sentence_pred.append(columns[2])
-    if sentence_gold:
-        gold.append(sentence_gold)
-        pred.append(sentence_pred)
+        for values, value in zip(sentence, columns):
+            values.append(value)
+    if sentence[0]:
+        for column, values in zip((chars, gold, pred), sentence):
+            column.append(values)
     if not gold:
         raise ReportError(f"{name}: no sentences")
-    return gold, pred
+    return chars, gold, pred
 
 
 def score(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
@@ -310,12 +318,13 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def render(document: str, generated: str) -> str:
-    if BEGIN not in document or END not in document:
-        raise ReportError(f"{DOCUMENT}: the marker lines {BEGIN!r} and {END!r} are missing")
-    head, rest = document.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{generated}{END}{tail}"
+def render(document: str, generated: str, begin: str = BEGIN, end: str = END) -> str:
+    """`document` with the text between its marker lines `begin` and `end` replaced."""
+    if begin not in document or end not in document:
+        raise ReportError(f"{DOCUMENT}: the marker lines {begin!r} and {end!r} are missing")
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{generated}{end}{tail}"
 
 
 def main(argv=None) -> int:
