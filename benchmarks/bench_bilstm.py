@@ -5,12 +5,13 @@ so this times forward + backward of `models.bilstm.MaskedBiLSTM` on a batch shap
 `configs/frozen.flags`' (32 windows, People's Daily's mean of about 34 pieces, 1,536 features =
 the last 4 layers of a 384-wide encoder, 128 units) against:
 
-- `block`: TensorFlow's fused LSTM kernel (`BlockLSTMV2`, one op for the whole sequence; float32
+- `block`: TensorFlow's fused LSTM kernel (`BlockLSTM`, one op for the whole sequence; float32
   or float16 only, so bf16 inputs are cast), the backward direction via `tf.reverse_sequence`;
 - `unrolled`: the same recurrence as a Python loop over a static length (one graph per length);
 - `xla`: the shipped scan, XLA-compiled (one compilation per length).
 
-Each variant is first checked to give the scan's output (max abs difference printed), then the
+Each variant is first checked to give the scan's output (max abs difference printed; its
+gradients are checked by tests/benchmarks/test_bench_bilstm.py), then the
 variants are timed in alternating rounds (scan, variant, scan, variant, ...) so machine noise hits
 both; the ratio is scan time / variant time (> 1: the variant is faster).
 
@@ -37,9 +38,17 @@ import tensorflow as tf  # noqa: E402
 from models.bilstm import MaskedBiLSTM  # noqa: E402
 
 
+def _block_gates(weights: tf.Tensor) -> tf.Tensor:
+    """Keras gate order (i, f, c, o) -> BlockLSTM's (i, c, f, o), along the last axis."""
+    i, f, c, o = tf.split(weights, 4, axis=-1)
+    return tf.concat([i, c, f, o], axis=-1)
+
+
 def block_bilstm(layer: MaskedBiLSTM, inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Both directions with BlockLSTMV2 (gate order i, f, c, o as Keras; verified against the
-    scan); right-padded masks only, as the tagger's."""
+    """Both directions with the fused `BlockLSTM` kernel; right-padded masks only, as the
+    tagger's. Not `BlockLSTMV2` (Keras gate order): in TensorFlow 2.21 its registered gradient
+    disagrees with finite differences of its own output by up to 0.9 (checked with
+    `tf.test.compute_gradient` on a 3-step, 2-unit LSTM), while `BlockLSTM`'s agrees to 1e-4."""
     lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
     time_major = tf.transpose(tf.cast(inputs, tf.float32), [1, 0, 2])
     outputs = []
@@ -48,12 +57,13 @@ def block_bilstm(layer: MaskedBiLSTM, inputs: tf.Tensor, mask: tf.Tensor) -> tf.
             time_major, lengths, seq_axis=0, batch_axis=1)
         zeros = tf.zeros([tf.shape(sequence)[1], layer.units])
         no_peephole = tf.zeros([layer.units])
-        weights = tf.concat([getattr(layer, f"{direction}_kernel"),
-                             getattr(layer, f"{direction}_recurrent_kernel")], axis=0)
-        hidden = tf.raw_ops.BlockLSTMV2(
+        weights = _block_gates(tf.concat([getattr(layer, f"{direction}_kernel"),
+                                          getattr(layer, f"{direction}_recurrent_kernel")], 0))
+        hidden = tf.raw_ops.BlockLSTM(
             seq_len_max=tf.cast(tf.shape(sequence)[0], tf.int64), x=sequence, cs_prev=zeros,
             h_prev=zeros, w=weights, wci=no_peephole, wcf=no_peephole, wco=no_peephole,
-            b=getattr(layer, f"{direction}_bias"), cell_clip=-1.0, use_peephole=False)[6]
+            b=_block_gates(getattr(layer, f"{direction}_bias")), forget_bias=0.0,
+            cell_clip=-1.0, use_peephole=False)[6]
         if direction == "backward":
             hidden = tf.reverse_sequence(hidden, lengths, seq_axis=0, batch_axis=1)
         outputs.append(hidden)
