@@ -29,6 +29,7 @@ import argparse
 import collections
 import json
 import lzma
+import os
 import pathlib
 import sys
 from typing import Any, Iterable
@@ -64,12 +65,12 @@ def entity_spans(tags: list[str]) -> set[Span]:
             for entity in Entities([tags], IOB2).entities[0]}
 
 
-def read_corpus_text(text: str) -> Iterable[tuple[list[str], list[str]]]:
-    """(characters, tags) per sentence of a `char tag` file (blank line between sentences)."""
-    for block in text.split("\n\n"):
-        rows = [line.split() for line in block.split("\n") if line.strip()]
-        if rows:
-            yield [row[0] for row in rows], [row[-1] for row in rows]
+def read_training_sentences(path: str | os.PathLike) -> Iterable[tuple[list[str], list[str]]]:
+    """(characters, tags) per sentence of a training file, read as preprocessing reads it."""
+    from data_pipeline.corpus import detect_format, read_sentences
+
+    for sentence in read_sentences(path, input_format=detect_format(path)):
+        yield sentence.tokens, sentence.tags
 
 
 def train_entities(sentences: Iterable[tuple[list[str], list[str]]]) -> dict[str, set[str]]:
@@ -145,9 +146,10 @@ def tables(results: list[tuple[str, dict[str, Any]]], types: list[str]) -> str:
               "|---|---|" + "---|" * len(ERROR_KINDS)]
     for label, result in results:
         counts = [result["errors"].get(kind, 0) for kind in ERROR_KINDS]
+        total = max(sum(counts), 1)  # a run without errors shows 0 (0%)
         lines.append(f"| {label} | {result['f1']:.4f} ({result['precision']:.4f} / "
                      f"{result['recall']:.4f}) | " + " | ".join(
-                         f"{count:,} ({count / sum(counts):.0%})" for count in counts) + " |")
+                         f"{count:,} ({count / total:.0%})" for count in counts) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--document", default=str(DOCUMENT))
     args = parser.parse_args(argv)
     train_path = pathlib.Path(resolve_input_path(args.train_file))
-    seen = train_entities(read_corpus_text(train_path.read_text(encoding="utf-8")))
+    seen = train_entities(read_training_sentences(train_path))
     results, types = run_results(pathlib.Path(args.archives), RUNS, seen)
     document_path = pathlib.Path(args.document)
     document = document_path.read_text(encoding="utf-8")

@@ -24,18 +24,17 @@ PREDICTIONS = ("北 B-LOC B-LOC\n京 I-LOC I-LOC\n张 B-PER B-PER\n三 I-PER O\n
                "王 B-PER B-PER\n五 I-PER I-PER\n好 O B-ORG\n\n")
 
 
-def analysed():
-    seen = analysis.train_entities(analysis.read_corpus_text(TRAIN))
-    return analysis.analyse(*read_prediction_columns(PREDICTIONS), seen)
+def seen_in(tmp_path):
+    (tmp_path / "train.txt").write_text(TRAIN, encoding="utf-8")
+    return analysis.train_entities(analysis.read_training_sentences(tmp_path / "train.txt"))
 
 
-def test_training_entities_keep_every_type_given():
-    seen = analysis.train_entities(analysis.read_corpus_text(TRAIN))
-    assert dict(seen) == {"北京": {"LOC"}, "张三": {"PER"}, "长江": {"ORG"}}
+def test_training_entities_keep_every_type_given(tmp_path):
+    assert dict(seen_in(tmp_path)) == {"北京": {"LOC"}, "张三": {"PER"}, "长江": {"ORG"}}
 
 
-def test_gold_entities_are_split_by_coverage_and_errors_by_kind():
-    result = analysed()
+def test_gold_entities_are_split_by_coverage_and_errors_by_kind(tmp_path):
+    result = analysis.analyse(*read_prediction_columns(PREDICTIONS), seen_in(tmp_path))
     found = result["found"]
     assert found[f"{analysis.SEEN}|all"] == [2, 1]  # 北京 found, 张三 not
     assert found[f"{analysis.OTHER_TYPE}|all"] == [1, 0]  # 长江
