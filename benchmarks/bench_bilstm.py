@@ -72,28 +72,15 @@ def block_bilstm(layer: MaskedBiLSTM, inputs: tf.Tensor, mask: tf.Tensor) -> tf.
 
 
 def unrolled_bilstm(layer: MaskedBiLSTM, inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """MaskedBiLSTM.call's recurrence as a Python loop over the static sequence length."""
-    dtype = inputs.dtype
-    kernel = tf.cast(tf.stack([layer.forward_kernel, layer.backward_kernel]), dtype)
-    recurrent = tf.cast(
-        tf.stack([layer.forward_recurrent_kernel, layer.backward_recurrent_kernel]), dtype)
-    bias = tf.cast(tf.stack([layer.forward_bias, layer.backward_bias]), dtype)
-    projected = tf.einsum("btf,dfg->dbtg", inputs, kernel) + bias[:, None, None, :]
-    projected = tf.stack([projected[0], tf.reverse(projected[1], axis=[1])])
-    steps = tf.unstack(tf.transpose(projected, [2, 0, 1, 3]))
-    step_masks = tf.unstack(
-        tf.transpose(tf.stack([mask, tf.reverse(mask, axis=[1])]), [2, 0, 1])[..., None])
-    h = c = tf.zeros([2, inputs.shape[0], layer.units], dtype)
+    """MaskedBiLSTM.call's recurrence (the layer's own gates, cell and outputs) as a Python loop
+    over the static sequence length instead of `tf.scan`."""
+    projected, step_mask, recurrent = layer.time_major_gates(inputs, mask)
+    h = c = tf.zeros([2, inputs.shape[0], layer.units], inputs.dtype)
     states = []
-    for x_gates, is_real in zip(steps, step_masks):
-        i, f, g, o = tf.split(x_gates + tf.matmul(h, recurrent), 4, axis=-1)
-        new_c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-        new_h = tf.sigmoid(o) * tf.tanh(new_c)
-        h, c = tf.where(is_real, new_h, h), tf.where(is_real, new_c, c)
+    for elems in zip(tf.unstack(projected), tf.unstack(step_mask)):
+        h, c = layer.cell((h, c), elems, recurrent)
         states.append(h)
-    states = tf.transpose(tf.stack(states), [1, 2, 0, 3])
-    outputs = tf.concat([states[0], tf.reverse(states[1], axis=[1])], axis=-1)
-    return tf.where(mask[..., None], outputs, tf.zeros_like(outputs))
+    return layer.batch_major_outputs(tf.stack(states), mask)
 
 
 def step_function(layer: MaskedBiLSTM, forward, mask: tf.Tensor, jit_compile: bool = False):

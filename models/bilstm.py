@@ -57,11 +57,28 @@ class MaskedBiLSTM(tf.keras.layers.Layer):
         Returns:
           float [batch, seq_len, 2 * units]: forward then backward outputs, 0 at masked steps.
         """
-        dtype = inputs.dtype
         batch_size, seq_len = tf.shape(inputs)[0], tf.shape(inputs)[1]
         if mask is None:
             mask = tf.ones([batch_size, seq_len], tf.bool)
         mask = tf.cast(mask, tf.bool)
+        projected, step_mask, recurrent = self.time_major_gates(inputs, mask)
+
+        def step(carry, elems):
+            return self.cell(carry, elems, recurrent)
+
+        zeros = tf.zeros([2, batch_size, self.units], inputs.dtype)
+        states, _ = tf.scan(step, (projected, step_mask), initializer=(zeros, zeros))
+        return self.batch_major_outputs(states, mask)
+
+    def time_major_gates(self, inputs: tf.Tensor, mask: tf.Tensor
+                         ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The input projections of every step at once, time-major, backward direction reversed.
+
+        Returns:
+          (projected [seq_len, 2, batch, 4 * units], step_mask bool [seq_len, 2, batch],
+           recurrent kernels [2, units, 4 * units]), all but the mask in `inputs.dtype`.
+        """
+        dtype = inputs.dtype
         kernel = tf.cast(tf.stack([self.forward_kernel, self.backward_kernel]), dtype)
         recurrent = tf.cast(
             tf.stack([self.forward_recurrent_kernel, self.backward_recurrent_kernel]), dtype)
@@ -72,21 +89,27 @@ class MaskedBiLSTM(tf.keras.layers.Layer):
         projected = tf.stack([projected[0], tf.reverse(projected[1], axis=[1])])
         projected = tf.transpose(projected, [2, 0, 1, 3])
         step_mask = tf.transpose(tf.stack([mask, tf.reverse(mask, axis=[1])]), [2, 0, 1])
+        return projected, step_mask, recurrent
 
-        def step(carry, elems):
-            h, c = carry  # [2, batch, units] each
-            x_gates, is_real = elems  # [2, batch, 4 * units], [2, batch]
-            gates = x_gates + tf.matmul(h, recurrent)  # [2, batch, 4 * units]
-            i, f, g, o = tf.split(gates, 4, axis=-1)
-            new_c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            new_h = tf.sigmoid(o) * tf.tanh(new_c)
-            is_real = is_real[..., None]
-            return tf.where(is_real, new_h, h), tf.where(is_real, new_c, c)
+    @staticmethod
+    def cell(carry: tuple[tf.Tensor, tf.Tensor], elems: tuple[tf.Tensor, tf.Tensor],
+             recurrent: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of both directions: (h, c) [2, batch, units] each, (x_gates [2, batch, 4U],
+        is_real [2, batch]) -> the new (h, c), carried through unchanged where not real."""
+        h, c = carry
+        x_gates, is_real = elems
+        gates = x_gates + tf.matmul(h, recurrent)  # [2, batch, 4 * units]
+        i, f, g, o = tf.split(gates, 4, axis=-1)
+        new_c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        new_h = tf.sigmoid(o) * tf.tanh(new_c)
+        is_real = is_real[..., None]
+        return tf.where(is_real, new_h, h), tf.where(is_real, new_c, c)
 
-        zeros = tf.zeros([2, batch_size, self.units], dtype)
-        states, _ = tf.scan(step, (projected, step_mask), initializer=(zeros, zeros))
-        # states: [seq_len, 2, batch, units] -> [2, batch, seq_len, units]
-        states = tf.transpose(states, [1, 2, 0, 3])
+    @staticmethod
+    def batch_major_outputs(states: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """h of every step [seq_len, 2, batch, units] -> [batch, seq_len, 2 * units], forward
+        then backward (back in input order), 0 at masked steps."""
+        states = tf.transpose(states, [1, 2, 0, 3])  # [2, batch, seq_len, units]
         outputs = tf.concat([states[0], tf.reverse(states[1], axis=[1])], axis=-1)
         return tf.where(mask[..., None], outputs, tf.zeros_like(outputs))
 
