@@ -223,10 +223,10 @@ def checkpoint_values(run_dir: pathlib.Path) -> dict:
 
 
 def event_steps(run_dir: pathlib.Path) -> dict[str, list[int]]:
-    from trainer import summaries
+    from trainer.run_events import RunEvents
 
     # RUN_DIR and its split directories (train/, dev/, test/), by flat name ("dev/f1").
-    accumulator = summaries.RunEvents(run_dir, size_guidance={
+    accumulator = RunEvents(run_dir, size_guidance={
         "tensors": 0, "scalars": 0, "images": 0})
     return {tag: [event.step for event in accumulator.Tensors(tag)]
             for tag in accumulator.Tags()["tensors"] if not tag.startswith("_hparams_")}

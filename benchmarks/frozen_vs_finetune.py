@@ -51,7 +51,7 @@ import sys
 from typing import Any
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # trainer.summaries, when run as a script
+sys.path.insert(0, str(REPO_ROOT))  # trainer, data_pipeline, when run as a script
 DOCUMENT = REPO_ROOT / "docs" / "frozen_vs_finetune.md"
 RUNS_FILE = REPO_ROOT / "docs" / "frozen_vs_finetune_runs.json"
 PLOT = REPO_ROOT / "docs" / "frozen_vs_finetune_dev_f1.png"
@@ -143,7 +143,7 @@ def _one_directory_events(run_dir: pathlib.Path):
 def dev_curve(run_dir: pathlib.Path, kind: str) -> list[tuple[int, float]]:
     """(step, dev F1) of every dev evaluation in the run's event files."""
     from tensorboard.util import tensor_util
-    from trainer.summaries import RunEvents
+    from trainer.run_events import RunEvents
 
     if split_event_layout(run_dir, kind):
         events = RunEvents(run_dir).Tensors("dev/f1")
@@ -235,7 +235,7 @@ def archive_run(entry: dict[str, Any], run_dir: pathlib.Path, archive: pathlib.P
     The run is read first, so a run directory whose files disagree is never archived; the new
     archive is built beside the old one and swapped in only once it reads back the same."""
     from data_pipeline.manifest import clean_stale_directories, replace_directory, staging_directory
-    from trainer.summaries import EVENT_FILE_MARKER
+    from trainer.event_layout import EVENT_FILE_MARKER
 
     run = read_run_dir(entry, run_dir)
     archive.parent.mkdir(parents=True, exist_ok=True)

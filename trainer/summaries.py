@@ -1,14 +1,17 @@
-"""TensorBoard summaries of a run: training and evaluation scalars, dev examples, hparams, CRF.
+"""Writes a run's TensorBoard summaries: training and evaluation scalars, dev examples, hparams,
+CRF transitions.
 
 All summaries are TF2 `tf.summary` ops, written eagerly from plain Python. The layout is the
-Model Garden one, one event-file directory per split, so that `tensorboard --logdir runs` lists
-each run by its directory name and the same tag of train and dev (`loss`) overlays in one chart:
+Model Garden one, one event-file directory per split (`trainer.event_layout`), so that
+`tensorboard --logdir runs` lists each run by its directory name and the same tag of train and
+dev (`loss`) overlays in one chart:
 
     RUN_DIR/          hparams (the HParams dashboard's session, named after RUN_DIR),
                       variables (text: the start-of-run table of variable groups),
                       crf/transitions (image: the transition matrix as a heatmap)
     RUN_DIR/train/    loss  lr/<group>  grad_norm/<group>  loss_scale (fp16 only)
-                      tokens_per_s  sentences_per_s
+                      tokens_per_s  windows_per_s (older runs named it sentences_per_s;
+                      it always counted windows)
                       (a frozen group's lr/<group> is written once, as 0, at step 0)
     RUN_DIR/dev/      loss  f1  precision  recall  token_accuracy  f1/<TYPE> ...
                       examples (text: a markdown table of a few sentences, gold and predicted)
@@ -18,19 +21,15 @@ So TensorBoard shows the runs `frozen`, `frozen/train`, `frozen/dev`, `frozen/te
 `loss` holds train, dev and test, the chart `f1` dev and test; the HParams dashboard lists the
 session `frozen` with the metrics `dev/f1` etc. (metric tag `f1` of the group `dev`).
 
-In this module (and in `RunEvents`) a summary is named by its flat name "<split>/<tag>" for a
-split's directory ("train/loss" is the tag `loss` in RUN_DIR/train/) and by its tag alone in
-RUN_DIR itself ("crf/transitions"): `SummaryWriter.scalars(step, {"train/loss": x})` writes
-into train/.
-
-TF2 summaries are stored as tensors: read them back with `RunEvents(run_dir).Tensors(name)` or
-`EventAccumulator(RUN_DIR/train).Tensors(tag)` (not `.Scalars`).
+A summary is named by its flat name (`trainer.event_layout.split_name`):
+`SummaryWriter.scalars(step, {"train/loss": x})` writes the tag `loss` into train/. Read the
+summaries back with `trainer.run_events.RunEvents`; a resumed run first removes what it writes
+again with `trainer.event_truncation.truncate_event_files`.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,17 +37,21 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.manifest import strict_json_dumps
-from data_pipeline.tags import Entity, extract_entities
 from trainer import evaluation
+from trainer.event_layout import split_name
+# truncate_event_files and RunEvents are imported by callers from here too (trainer/loop.py,
+# tests); their home is their own module.
+from trainer.event_truncation import truncate_event_files
+from trainer.heatmap import CONSTRAINT_MAGNITUDE, color_scale, render_heatmap
+from trainer.run_events import RunEvents
+from trainer.summary_markdown import examples_markdown
+
+__all__ = ["DEFAULT_HPARAM_METRICS", "RunEvents", "SummaryWriter", "flatten_config",
+           "truncate_event_files"]
 
 # Evaluation scalars the HParams dashboard shows as columns.
 DEFAULT_HPARAM_METRICS = ("dev/f1", "dev/precision", "dev/recall", "dev/loss",
                           "test/f1", "test/precision", "test/recall")
-
-# Transition scores at least this large in magnitude (or not finite) are constraints, not learned
-# values (models.crf uses -1e4 for a forbidden transition); the heatmap shows them in gray so they
-# do not flatten the colour scale of the rest.
-CONSTRAINT_MAGNITUDE = 1e3
 
 
 def _to_float(value: Any) -> float:
@@ -79,24 +82,6 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
         else:
             flat[name] = str(value)
     return flat
-
-
-# The splits that get an event-file directory of their own (RUN_DIR/<split>/).
-SPLITS = ("train", "dev", "test")
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """A flat summary name -> (subdirectory, tag): "train/lr/head" -> ("train", "lr/head"),
-    "crf/transitions" -> ("", "crf/transitions") (RUN_DIR itself)."""
-    head, _, rest = name.partition("/")
-    if head in SPLITS and rest:
-        return head, rest
-    return "", name
-
-
-def flat_name(subdirectory: str, tag: str) -> str:
-    """The inverse of `split_name`: ("dev", "f1") -> "dev/f1", ("", "variables") -> "variables"."""
-    return f"{subdirectory}/{tag}" if subdirectory else tag
 
 
 class SummaryWriter:
@@ -157,7 +142,7 @@ class SummaryWriter:
                    lr_by_group: Mapping[str, Any] | None = None,
                    grad_norm_by_group: Mapping[str, Any] | None = None,
                    loss_scale: Any = None, tokens_per_s: Any = None,
-                   sentences_per_s: Any = None) -> None:
+                   windows_per_s: Any = None, *, sentences_per_s: Any = None) -> None:
         """Writes the training scalars of one logged step into train/.
 
         Args:
@@ -167,10 +152,21 @@ class SummaryWriter:
           grad_norm_by_group: {group name: global gradient norm of the group} ->
             "grad_norm/<group>".
           loss_scale: the fp16 dynamic loss scale; None (no loss scaling) writes nothing.
-          tokens_per_s, sentences_per_s: throughput; None writes nothing.
+          tokens_per_s, windows_per_s: throughput (a sentence longer than the model's window
+            is several windows); None writes nothing.
+          sentences_per_s: the former name of `windows_per_s`, accepted until trainer/loop.py
+            passes `windows_per_s`; written as "windows_per_s".
+
+        Raises:
+          TypeError: both `windows_per_s` and `sentences_per_s` are given.
         """
+        if sentences_per_s is not None:
+            if windows_per_s is not None:
+                raise TypeError("train_step: give windows_per_s (sentences_per_s is its former "
+                                "name), not both")
+            windows_per_s = sentences_per_s
         values = {"train/loss": loss, "train/loss_scale": loss_scale,
-                  "train/tokens_per_s": tokens_per_s, "train/sentences_per_s": sentences_per_s}
+                  "train/tokens_per_s": tokens_per_s, "train/windows_per_s": windows_per_s}
         for group, lr in (lr_by_group or {}).items():
             values[f"train/lr/{group}"] = lr
         for group, norm in (grad_norm_by_group or {}).items():
@@ -282,7 +278,7 @@ class SummaryWriter:
         """
         values = np.asarray(matrix.numpy() if hasattr(matrix, "numpy") else matrix, np.float64)
         image = render_heatmap(values, labels=label_map)
-        scale = _color_scale(values)
+        scale = color_scale(values)
         names = ", ".join(f"{i}={name}" for i, name in enumerate(label_map or []))
         description = (f"CRF transition scores, row = from tag, column = to tag. Blue < 0 < red, "
                        f"full colour at |score| = {scale:.3g}; gray: constraint (|score| >= "
@@ -338,278 +334,3 @@ class SummaryWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-EVENT_FILE_MARKER = "tfevents"  # TensorBoard reads every file whose name contains it
-_REWRITE_SUFFIX = ".rewrite.partial"  # no EVENT_FILE_MARKER in it: never read as events
-
-
-def event_directories(logdir: str | os.PathLike) -> list[pathlib.Path]:
-    """`logdir` and each of its direct subdirectories that holds an event file (a run
-    directory and its split directories), `logdir` first."""
-    directory = pathlib.Path(logdir)
-    found = [directory]
-    if directory.is_dir():
-        found += [child for child in sorted(directory.iterdir()) if child.is_dir()
-                  and any(child.glob(f"*{EVENT_FILE_MARKER}*"))]
-    return found
-
-
-def truncate_event_files(logdir: str | os.PathLike, last_step: int) -> int:
-    """Removes every event with a step > `last_step` from the event files of a run.
-
-    A resumed run writes the steps after its checkpoint again (into new event files); without
-    this every reader would see those steps twice. The files in `logdir` and in each of its
-    direct subdirectories (train/, dev/, test/) are rewritten atomically (a record a kill cut
-    short is dropped too), a file left with no summary is deleted, and a file with nothing to
-    drop is not touched. Call it before a writer opens a new file in the run.
-
-    Args:
-      logdir: the run directory.
-      last_step: the restored step; -1 removes every summary (a run that restarts from scratch).
-
-    Returns:
-      The number of events removed.
-    """
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    removed = 0
-    for directory in event_directories(logdir):
-        for leftover in directory.glob("*" + _REWRITE_SUFFIX):
-            leftover.unlink()
-        for path in sorted(directory.glob(f"*{EVENT_FILE_MARKER}*")):
-            if not path.is_file():
-                continue
-            kept, changed = [], False
-            try:
-                for record in tf.data.TFRecordDataset(str(path)):
-                    raw = record.numpy()
-                    event = event_pb2.Event.FromString(raw)
-                    if event.step > last_step and event.WhichOneof("what") != "file_version":
-                        removed += 1
-                        changed = True
-                    else:
-                        kept.append((raw, event.WhichOneof("what")))
-            except tf.errors.DataLossError:  # the tail a kill cut short
-                changed = True
-            if not changed:
-                continue
-            if not any(what == "summary" for _, what in kept):
-                path.unlink()
-                continue
-            partial = path.with_name(path.name.replace(EVENT_FILE_MARKER, "events")
-                                     + _REWRITE_SUFFIX)
-            with tf.io.TFRecordWriter(str(partial)) as writer:
-                for raw, _ in kept:
-                    writer.write(raw)
-            os.replace(partial, path)
-    return removed
-
-
-class RunEvents:
-    """A run's event files read back (RUN_DIR and its split directories), one flat namespace.
-
-    Mirrors the `EventAccumulator` methods the tests and benchmarks use, with flat names:
-    `RunEvents(run_dir).Tensors("train/loss")` is `EventAccumulator(RUN_DIR/train)
-    .Tensors("loss")`, `.Tensors("crf/transitions")` reads RUN_DIR itself.
-
-    Attributes:
-      accumulators: {subdirectory ("" for RUN_DIR): its loaded EventAccumulator}.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike, size_guidance: Mapping[str, int] | None = None):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        guidance = dict(size_guidance or {"tensors": 0})
-        root = pathlib.Path(run_dir)
-        self.accumulators = {}
-        for directory in event_directories(root):
-            accumulator = EventAccumulator(str(directory), size_guidance=guidance)
-            accumulator.Reload()
-            self.accumulators["" if directory == root else directory.name] = accumulator
-
-    def _find(self, name: str):
-        subdirectory, tag = split_name(name)
-        accumulator = self.accumulators.get(subdirectory)
-        if accumulator is None:
-            raise KeyError(f"no event files for {name!r} (no {subdirectory}/ directory)")
-        return accumulator, tag
-
-    def Tags(self) -> dict[str, list[str]]:  # noqa: N802 (EventAccumulator's name)
-        tags: dict[str, list[str]] = {}
-        for subdirectory, accumulator in self.accumulators.items():
-            for kind, names in accumulator.Tags().items():
-                if isinstance(names, list):
-                    tags.setdefault(kind, []).extend(flat_name(subdirectory, n) for n in names)
-        return tags
-
-    def Tensors(self, name: str):  # noqa: N802
-        accumulator, tag = self._find(name)
-        return accumulator.Tensors(tag)
-
-    def SummaryMetadata(self, name: str):  # noqa: N802
-        accumulator, tag = self._find(name)
-        return accumulator.SummaryMetadata(tag)
-
-    def PluginTagToContent(self, plugin_name: str) -> dict[str, bytes]:  # noqa: N802
-        content: dict[str, bytes] = {}
-        for subdirectory, accumulator in self.accumulators.items():
-            try:
-                found = accumulator.PluginTagToContent(plugin_name)
-            except KeyError:
-                continue
-            content.update({flat_name(subdirectory, tag): value for tag, value in found.items()})
-        return content
-
-
-# ------------------------------------------------------------------------------------------------
-# Markdown for the text panel
-# ------------------------------------------------------------------------------------------------
-
-_MARKDOWN_SPECIAL = "\\`*_[]<>#|~"
-
-
-def _escape_markdown(text: str) -> str:
-    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
-
-
-def _entity_text(tokens: Sequence[str], entity: Entity) -> str:
-    separator = "" if all(len(t) == 1 for t in tokens) else " "  # characters vs words
-    return _escape_markdown(separator.join(tokens[entity.start:entity.end])) + f" ({entity.type})"
-
-
-def examples_markdown(predictions: Sequence[evaluation.SentencePrediction],
-                      sentences: Sequence[Sequence[str]], *, max_examples: int = 5,
-                      only_with_entities: bool = True) -> str:
-    """A markdown table: sentence id, sentence, gold entities, predicted entities (a wrong
-    prediction is struck through). Shows the first `max_examples` sentences, by sentence_id,
-    skipping sentences without a gold entity if `only_with_entities`."""
-    rows = ["| id | sentence | gold entities | predicted entities |",
-            "|---:|---|---|---|"]
-    shown = 0
-    for prediction in sorted(predictions, key=lambda p: p.sentence_id):
-        if shown >= max_examples:
-            break
-        gold = extract_entities(prediction.gold)
-        if only_with_entities and not gold:
-            continue
-        tokens = list(sentences[prediction.sentence_id])
-        pred = extract_entities(prediction.pred)
-        gold_set = set(gold)
-        separator = "" if all(len(t) == 1 for t in tokens) else " "
-        rendered_pred = [_entity_text(tokens, e) if e in gold_set
-                         else f"~~{_entity_text(tokens, e)}~~" for e in pred]
-        rows.append(f"| {prediction.sentence_id} | {_escape_markdown(separator.join(tokens))} | "
-                    f"{', '.join(_entity_text(tokens, e) for e in gold) or '(none)'} | "
-                    f"{', '.join(rendered_pred) or '(none)'} |")
-        shown += 1
-    if not shown:
-        rows.append("| | (no sentence to show) | | |")
-    return "\n".join(rows)
-
-
-# ------------------------------------------------------------------------------------------------
-# Heatmap rendering (numpy only)
-# ------------------------------------------------------------------------------------------------
-
-# A 3x5 pixel font for tag names, one row per "/" ("#" = ink): upper-case letters, digits,
-# a few signs.
-_GLYPHS = {
-    "A": ".#./#.#/###/#.#/#.#", "B": "##./#.#/##./#.#/##.", "C": ".##/#../#../#../.##",
-    "D": "##./#.#/#.#/#.#/##.", "E": "###/#../##./#../###", "F": "###/#../##./#../#..",
-    "G": ".##/#../#.#/#.#/.##", "H": "#.#/#.#/###/#.#/#.#", "I": "###/.#./.#./.#./###",
-    "J": "..#/..#/..#/#.#/.#.", "K": "#.#/#.#/##./#.#/#.#", "L": "#../#../#../#../###",
-    "M": "#.#/###/###/#.#/#.#", "N": "##./#.#/#.#/#.#/#.#", "O": ".#./#.#/#.#/#.#/.#.",
-    "P": "##./#.#/##./#../#..", "Q": ".#./#.#/#.#/.#./..#", "R": "##./#.#/##./#.#/#.#",
-    "S": ".##/#../.#./..#/##.", "T": "###/.#./.#./.#./.#.", "U": "#.#/#.#/#.#/#.#/###",
-    "V": "#.#/#.#/#.#/#.#/.#.", "W": "#.#/#.#/###/###/#.#", "X": "#.#/#.#/.#./#.#/#.#",
-    "Y": "#.#/#.#/.#./.#./.#.", "Z": "###/..#/.#./#../###", "0": "###/#.#/#.#/#.#/###",
-    "1": ".#./##./.#./.#./###", "2": "##./..#/.#./#../###", "3": "##./..#/.#./..#/##.",
-    "4": "#.#/#.#/###/..#/..#", "5": "###/#../##./..#/##.", "6": ".##/#../###/#.#/###",
-    "7": "###/..#/.#./.#./.#.", "8": "###/#.#/###/#.#/###", "9": "###/#.#/###/..#/##.",
-    "-": ".../.../###/.../...", "_": ".../.../.../.../###", ".": ".../.../.../.../.#.",
-    "/": "..#/..#/.#./#../#..", " ": ".../.../.../.../...",
-}
-_GLYPH_W, _GLYPH_H = 3, 5
-
-
-def _glyph(char: str) -> np.ndarray:
-    """bool [5, 3]; an unknown character is a filled box."""
-    rows = _GLYPHS.get(char.upper(), "/".join(["###"] * _GLYPH_H)).split("/")
-    return np.array([[c == "#" for c in row] for row in rows], bool)
-
-
-def render_text(text: str, *, scale: int = 2) -> np.ndarray:
-    """Renders `text` with the built-in 3x5 font: bool [5 * scale, 4 * scale * len(text)]."""
-    if not text:
-        return np.zeros([_GLYPH_H * scale, 0], bool)
-    spaced = [np.pad(_glyph(c), ((0, 0), (0, 1))) for c in text]  # one column between glyphs
-    bitmap = np.concatenate(spaced, axis=1)
-    return bitmap.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
-def _color_scale(values: np.ndarray) -> float:
-    learned = values[np.isfinite(values) & (np.abs(values) < CONSTRAINT_MAGNITUDE)]
-    peak = float(np.max(np.abs(learned))) if learned.size else 0.0
-    return peak if peak > 0 else 1.0
-
-
-_NEGATIVE = np.array([33, 102, 172], np.float64)   # blue
-_POSITIVE = np.array([178, 24, 43], np.float64)    # red
-_WHITE = np.array([255, 255, 255], np.float64)
-_CONSTRAINT = np.array([96, 96, 96], np.uint8)      # gray
-
-
-def render_heatmap(values: np.ndarray, *, labels: Sequence[str] | None = None,
-                   cell_size: int = 24, font_scale: int = 2) -> np.ndarray:
-    """Renders a matrix as a diverging heatmap (blue < 0 < red, white at 0).
-
-    The colour scale is symmetric, full colour at the largest |value| that is not a constraint
-    (see CONSTRAINT_MAGNITUDE); constraints are gray. With `labels`, row labels are drawn on the
-    left and column labels, rotated, on top.
-
-    Args:
-      values: float [rows, cols].
-      labels: optional names of the rows (and columns: the matrix is square then).
-      cell_size: pixels per cell side.
-      font_scale: pixel size of one font dot.
-
-    Returns:
-      uint8 [height, width, 3] RGB image.
-    """
-    values = np.asarray(values, np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"render_heatmap: expected a matrix, got shape {values.shape}")
-    rows, cols = values.shape
-    constraint = ~np.isfinite(values) | (np.abs(values) >= CONSTRAINT_MAGNITUDE)
-    t = np.clip(np.where(constraint, 0.0, values) / _color_scale(values), -1.0, 1.0)[..., None]
-    colors = np.where(t < 0, _WHITE - t * (_NEGATIVE - _WHITE), _WHITE + t * (_POSITIVE - _WHITE))
-    colors = np.round(colors).astype(np.uint8)
-    colors[constraint] = _CONSTRAINT
-    cells = colors.repeat(cell_size, axis=0).repeat(cell_size, axis=1)  # [rows*cell, cols*cell, 3]
-
-    if not labels:
-        return cells
-    labels = list(labels)
-    if len(labels) != rows or rows != cols:
-        raise ValueError(f"render_heatmap: {len(labels)} labels for a {rows}x{cols} matrix")
-    margin = 4
-    bitmaps = [render_text(label, scale=font_scale) for label in labels]
-    label_width = max(b.shape[1] for b in bitmaps) + 2 * margin
-    height, width = label_width + rows * cell_size, label_width + cols * cell_size
-    image = np.full([height, width, 3], 255, np.uint8)
-    image[label_width:, label_width:] = cells
-    for i, bitmap in enumerate(bitmaps):
-        h, w = bitmap.shape
-        # Row label: right-aligned, vertically centred on row i.
-        top = label_width + i * cell_size + max((cell_size - h) // 2, 0)
-        left = label_width - margin - w
-        image[top:top + h, left:left + w][bitmap[:cell_size]] = 0
-        # Column label: rotated a quarter turn (reads bottom to top), centred on column i.
-        rotated = np.rot90(bitmap)
-        rh, rw = rotated.shape
-        top = label_width - margin - rh
-        left = label_width + i * cell_size + max((cell_size - rw) // 2, 0)
-        image[top:top + rh, left:left + rw][rotated[:, :cell_size]] = 0
-    return image

@@ -1,4 +1,5 @@
-"""Tests for trainer.summaries: every tag read back from the event files, with its values."""
+"""Tests for trainer.summaries (the writer): every tag read back from the event files, with its
+values."""
 
 import os
 
@@ -12,6 +13,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
 import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
 from trainer import evaluation, summaries  # noqa: E402
+from trainer.event_layout import flat_name  # noqa: E402
+from trainer.heatmap import render_heatmap  # noqa: E402
+from trainer.run_events import RunEvents  # noqa: E402
+from trainer.summary_markdown import examples_markdown  # noqa: E402
 
 LABEL_MAP = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 GROUPS = ("embeddings", "encoder_layer_0", "bilstm", "head", "crf")
@@ -39,7 +44,7 @@ def train_values(step):
     return dict(loss=1.0 / step,
                 lr_by_group={g: 1e-4 * (i + 1) * step for i, g in enumerate(GROUPS)},
                 grad_norm_by_group={g: 0.5 + i + step / 100 for i, g in enumerate(GROUPS)},
-                loss_scale=2.0 ** 15, tokens_per_s=1000.0 + step, sentences_per_s=50.0 + step)
+                loss_scale=2.0 ** 15, tokens_per_s=1000.0 + step, windows_per_s=50.0 + step)
 
 
 def eval_metrics(step, split):
@@ -67,11 +72,11 @@ def write_example_run(run_dir):
             # Positional, as trainer-core calls it.
             writer.train_step(step, values["loss"], values["lr_by_group"],
                               values["grad_norm_by_group"], values["loss_scale"],
-                              values["tokens_per_s"], values["sentences_per_s"])
+                              values["tokens_per_s"], values["windows_per_s"])
             expected.setdefault("train/loss", {})[step] = values["loss"]
             expected.setdefault("train/loss_scale", {})[step] = values["loss_scale"]
             expected.setdefault("train/tokens_per_s", {})[step] = values["tokens_per_s"]
-            expected.setdefault("train/sentences_per_s", {})[step] = values["sentences_per_s"]
+            expected.setdefault("train/windows_per_s", {})[step] = values["windows_per_s"]
             for group in GROUPS:
                 expected.setdefault(f"train/lr/{group}", {})[step] = values["lr_by_group"][group]
                 expected.setdefault(f"train/grad_norm/{group}", {})[step] = (
@@ -91,7 +96,7 @@ def write_example_run(run_dir):
 
 def load_events(run_dir):
     """Every event file of the run (RUN_DIR and its split directories), by flat name."""
-    return summaries.RunEvents(run_dir)
+    return RunEvents(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +108,7 @@ def run(tmp_path_factory):
 
 # Every scalar the issue lists, for a CRF model with the groups above.
 REQUIRED_SCALARS = (
-    ["train/loss", "train/loss_scale", "train/tokens_per_s", "train/sentences_per_s"]
+    ["train/loss", "train/loss_scale", "train/tokens_per_s", "train/windows_per_s"]
     + [f"train/lr/{g}" for g in GROUPS] + [f"train/grad_norm/{g}" for g in GROUPS]
     + [f"{split}/{name}" for split in ("dev", "test")
        for name in ("f1", "precision", "recall", "token_accuracy", "loss",
@@ -147,9 +152,6 @@ def test_one_directory_per_split_with_the_same_tags(run):
     root.Reload()
     assert set(root.Tags()["tensors"]) == {"crf/transitions", "_hparams_/experiment",
                                            "_hparams_/session_start_info"}
-    assert summaries.split_name("train/lr/head") == ("train", "lr/head")
-    assert summaries.split_name("crf/transitions") == ("", "crf/transitions")
-    assert summaries.flat_name("dev", "f1") == "dev/f1" and summaries.flat_name("", "x") == "x"
 
 
 def test_frozen_learning_rates_and_text(tmp_path):
@@ -171,7 +173,7 @@ def test_text_examples(run):
     events = accumulator.Tensors("dev/examples")
     assert [e.step for e in events] == list(EVAL_STEPS)
     markdown = tf.make_ndarray(events[-1].tensor_proto).item().decode("utf-8")
-    assert markdown == summaries.examples_markdown(PREDICTIONS, SENTENCES)
+    assert markdown == examples_markdown(PREDICTIONS, SENTENCES)
     assert markdown.splitlines() == [
         "| id | sentence | gold entities | predicted entities |",
         "|---:|---|---|---|",
@@ -180,18 +182,6 @@ def test_text_examples(run):
     ]
     plugin = accumulator.SummaryMetadata("dev/examples").plugin_data.plugin_name
     assert plugin == "text"
-
-
-def test_examples_markdown_escapes_and_limits():
-    predictions = [evaluation.SentencePrediction(i, ["O", "O"], ["B-PER", "O"], None)
-                   for i in range(4)]
-    sentences = [["|", "a"], ["*", "b"], ["c", "d"], ["e", "f"]]
-    rows = summaries.examples_markdown(predictions, sentences, max_examples=2).splitlines()
-    assert rows[2:] == ["| 0 | \\|a | \\| (PER) | (none) |", "| 1 | \\*b | \\* (PER) | (none) |"]
-    words = [evaluation.SentencePrediction(0, ["B-LOC", "I-LOC"], ["B-LOC", "I-LOC"], None)]
-    assert "New York (LOC)" in summaries.examples_markdown(words, [["New", "York"]])
-    empty = summaries.examples_markdown([PREDICTIONS[0]], SENTENCES)
-    assert "(no sentence to show)" in empty
 
 
 def test_text_examples_from_triples(tmp_path):
@@ -213,48 +203,9 @@ def test_transitions_image(run):
     width, height, png = tf.make_ndarray(events[-1].tensor_proto)
     image = tf.io.decode_png(png).numpy()
     assert image.shape == (int(height), int(width), 3)
-    assert np.array_equal(image, summaries.render_heatmap(transitions(30), labels=LABEL_MAP))
+    assert np.array_equal(image, render_heatmap(transitions(30), labels=LABEL_MAP))
     description = accumulator.SummaryMetadata("crf/transitions").summary_description
     assert "2=I-LOC" in description and "row = from tag" in description
-
-
-def test_render_heatmap_colours():
-    values = np.array([[0.0, 2.0], [-2.0, -1e4]])
-    image = summaries.render_heatmap(values, cell_size=3)
-    assert image.shape == (6, 6, 3) and image.dtype == np.uint8
-    assert image[0, 0].tolist() == [255, 255, 255]   # 0: white
-    assert image[0, 3].tolist() == [178, 24, 43]     # the largest learned value: full red
-    assert image[3, 0].tolist() == [33, 102, 172]    # its negative: full blue
-    assert image[3, 3].tolist() == [96, 96, 96]      # a constraint: gray, not the scale's end
-    half = summaries.render_heatmap(np.array([[1.0, 2.0]]), cell_size=1)
-    assert half[0, 0].tolist() == [round(255 + 0.5 * (178 - 255)), round(255 + 0.5 * (24 - 255)),
-                                   round(255 + 0.5 * (43 - 255))]
-
-    labelled = summaries.render_heatmap(values, labels=["O", "B-X"], cell_size=14)
-    text_width = summaries.render_text("B-X").shape[1]
-    assert labelled.shape == (text_width + 8 + 28, text_width + 8 + 28, 3)
-    margin = labelled[:text_width + 8, :text_width + 8]
-    assert (margin == 255).all()                       # top-left corner: empty
-    row_labels = labelled[text_width + 8:, :text_width + 8]
-    column_labels = labelled[:text_width + 8, text_width + 8:]
-    assert (row_labels == 0).any() and (column_labels == 0).any()
-    # The column labels are the row labels turned a quarter.
-    assert (row_labels == 0).sum() == (column_labels == 0).sum()
-    with pytest.raises(ValueError, match="3 labels for a 2x2"):
-        summaries.render_heatmap(values, labels=["O", "B", "I"])
-
-
-def test_render_text_font():
-    bitmap = summaries.render_text("I-0", scale=1)
-    assert bitmap.shape == (5, 12)
-    assert ["".join("#" if v else "." for v in row) for row in bitmap] == [
-        "###.....###.",
-        ".#......#.#.",
-        ".#..###.#.#.",
-        ".#......#.#.",
-        "###.....###.",
-    ]
-    assert summaries.render_text("ab", scale=2).shape == (10, 16)
 
 
 def test_hparams(run):
@@ -273,7 +224,7 @@ def test_hparams(run):
     assert start.group_name == os.path.basename(run_dir)  # the trial id
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
-    assert [summaries.flat_name(m.name.group, m.name.tag) for m in experiment.metric_infos] == (
+    assert [flat_name(m.name.group, m.name.tag) for m in experiment.metric_infos] == (
         list(summaries.DEFAULT_HPARAM_METRICS))
     # The metrics' groups are the split directories, relative to the session (RUN_DIR).
     assert [(m.name.group, m.name.tag) for m in experiment.metric_infos][:2] == [
@@ -298,3 +249,15 @@ def test_optional_scalars_are_skipped(tmp_path):
     assert sorted(accumulator.Tags()["tensors"]) == ["train/loss", "train/lr/head"]
     assert [tf.make_ndarray(e.tensor_proto).item() for e in accumulator.Tensors("train/loss")] == [
         0.5, 0.25]
+
+
+def test_windows_per_s_under_its_former_name(tmp_path):
+    """trainer/loop.py may still pass `sentences_per_s=`: it is written as windows_per_s."""
+    with summaries.SummaryWriter(tmp_path) as writer:
+        writer.train_step(1, 0.5, sentences_per_s=40.0)
+        with pytest.raises(TypeError, match="not both"):
+            writer.train_step(2, 0.5, windows_per_s=1.0, sentences_per_s=1.0)
+    accumulator = load_events(tmp_path)
+    assert sorted(accumulator.Tags()["tensors"]) == ["train/loss", "train/windows_per_s"]
+    [event] = accumulator.Tensors("train/windows_per_s")
+    assert event.step == 1 and tf.make_ndarray(event.tensor_proto) == 40.0
