@@ -50,7 +50,8 @@ from absl import logging  # noqa: E402
 
 from benchmarks import hf_reference  # noqa: E402
 from trainer import config as config_lib, precision  # noqa: E402
-from trainer.loop import _Run  # noqa: E402
+from trainer.evaluator import Evaluator  # noqa: E402
+from trainer.training_state import TrainingState, build_training_state  # noqa: E402
 
 SECTIONS = ("finetune", "frozen", "crf", "flops")
 FULL_TRAIN = "../shared/data/people_daily_proxy_train/example.train"
@@ -85,20 +86,19 @@ def machine() -> str:
             f"{os.getloadavg()[0]:.2f}")
 
 
-def build_run(flag_args: list[str], run_dir: pathlib.Path, mixed_precision: str) -> _Run:
-    """A `trainer.loop._Run` set up exactly as `trainer.main` would (model, plan, TrainStep)."""
+def build_run(flag_args: list[str], run_dir: pathlib.Path, mixed_precision: str
+              ) -> TrainingState:
+    """A run's state built exactly as `trainer.main` would (model, plan, TrainStep)."""
     config = config_lib.parse_flags(flag_args + [
         f"--run_dir={run_dir}", f"--mixed_precision={mixed_precision}", "--noprogress_bar",
         "--noexport", "--overwrite"])
-    run = _Run(config, run_dir)
-    run.setup()
-    return run
+    return build_training_state(config, run_dir)
 
 
 class OurSteps:
     """One optimizer update per call of the project's compiled loop (TrainStep.run)."""
 
-    def __init__(self, run: _Run):
+    def __init__(self, run: TrainingState):
         self.run = run
         self.iterator = iter(run.train_dataset())
         self.one = tf.constant(1, tf.int32)
@@ -217,9 +217,10 @@ def frozen_section(args, work: pathlib.Path) -> dict[str, float]:
         eval_rates = {}
         dev_windows = sum(s["records"] for s in cache["splits"]["dev"]["shards"])
         for name, run in (("cache", cached_run), ("encoder", plain_run)):
-            run.evaluate("dev", 0)
+            evaluator = Evaluator(run, logs=None, stop=None)
+            evaluator.evaluate("dev", 0)
             started = time.perf_counter()
-            run.evaluate("dev", 1)  # another step: _Run.evaluate reuses a same-step result
+            evaluator.evaluate("dev", 1)  # another step: a same-step result would be reused
             eval_rates[name] = dev_windows / (time.perf_counter() - started)
     full = load_manifest(hf_reference.prepare_manifest(max_seq_length=100, stride=24))
     full_windows = {s: int(full["splits"][s]["counts"]["windows"]) for s in full["splits"]}

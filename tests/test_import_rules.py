@@ -102,7 +102,7 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
     graph = trainer_import_graph()
     assert "trainer.checkpointing" in graph["trainer.loop"]  # `from trainer import checkpointing`
-    assert "trainer.export" in graph["trainer.loop"]
+    assert "trainer.export" in graph["trainer.controller"]
     # What the import reader sees of function-level imports (where a cycle would hide).
     hidden = "def f():\n    from trainer import loop\n    from . import step\n"
     assert {"trainer.loop", "trainer.step"} <= imported_names(hidden, "trainer")
@@ -123,4 +123,66 @@ def test_export_reaches_neither_the_loop_nor_the_config():
         for successor in graph[todo.pop()] - reached:
             reached.add(successor)
             todo.append(successor)
-    assert not reached & {"trainer.loop", "trainer.config", "trainer.step"}, sorted(reached)
+    training = {"trainer.loop", "trainer.controller", "trainer.training_state",
+                "trainer.config", "trainer.step"}
+    assert not reached & training, sorted(reached)
+
+
+# ------------------------------------------------------------------------------------------------
+# No private name crosses a module boundary
+# ------------------------------------------------------------------------------------------------
+
+CHECKED_FOLDERS = PACKAGES + ("benchmarks", "tests")
+
+
+def private_uses(source: str, filename: str = "<source>") -> list[str]:
+    """Private names (`_x`, not `__x__`) that `source` takes from another module of this repo.
+
+    Two ways count: `from m import _x`, and `alias._x` where `alias` was bound by an import of
+    one of this repo's modules (`import m as alias`, `from pkg import m as alias`), anywhere in
+    the file. Attributes of objects (`self._x`, `bar._filter`) are not imports, and other
+    libraries' names (`os._exit` is documented API) are not this rule's business.
+    """
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    def ours(module: str | None) -> bool:
+        return bool(module) and module.split(".")[0] in CHECKED_FOLDERS
+
+    tree = ast.parse(source, filename)
+    modules: set[str] = set()  # names bound to this repo's modules by an import
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update((alias.asname or alias.name).split(".")[0] for alias in node.names
+                           if ours(alias.name))
+        elif isinstance(node, ast.ImportFrom) and (node.level or ours(node.module)):
+            for alias in node.names:
+                if private(alias.name):
+                    found.append(f"{filename}:{node.lineno}: from {node.module} import "
+                                 f"{alias.name}")
+                modules.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and private(node.attr)
+                and isinstance(node.value, ast.Name) and node.value.id in modules):
+            found.append(f"{filename}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_private_name_finder_finds_both_forms():
+    source = ("import os\nimport trainer.loop as loop\nfrom trainer import export\n"
+              "from data_pipeline.corpus import _SCHEME, PUBLIC\n"
+              "def f(bar):\n    export._save(loop.__name__, bar._filter)\n    os._exit(1)\n")
+    assert private_uses(source, "x.py") == ["x.py:4: from data_pipeline.corpus import _SCHEME",
+                                            "x.py:6: export._save"]
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """Each module's `_names` are its own: what another module needs gets a public name (and a
+    docstring), benchmarks and tests included."""
+    offences = []
+    for folder in CHECKED_FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            offences += private_uses(path.read_text(encoding="utf-8"),
+                                     str(path.relative_to(REPO)))
+    assert not offences, "\n".join(offences)

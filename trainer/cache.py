@@ -149,3 +149,31 @@ def read_gold(manifest: dict, split: str) -> tuple[list[list[str]], list[list[st
         tokens.append(sentence.tokens)
         tags.append(iob2)
     return tokens, tags
+
+
+def verify_data(manifest: dict, splits: tuple[str, ...] = _SPLITS) -> None:
+    """Checks every shard of `splits` against the manifest, before anything trains.
+
+    Each shard's presence, size and sha256 (`data_pipeline.dataset.check_shards`), and that each
+    split's `counts.windows` equals the sum of its shards' record counts (the schedule, epochs
+    and evaluation cadence are computed from it).
+
+    Raises:
+      ShardError: naming the shard and what differs, or the manifest and the count.
+    """
+    from data_pipeline.dataset import ShardError, check_shards
+    from data_pipeline.manifest import MANIFEST_NAME
+
+    path = pathlib.Path(manifest["directory"]) / MANIFEST_NAME
+    for split in splits:
+        info = manifest["splits"][split]
+        shards = list(info.get("shards") or [])
+        if not shards:
+            raise ShardError(f"{path}: split {split!r} lists no shards")
+        check_shards(manifest, shards)
+        records = sum(int(shard["records"]) for shard in shards)
+        windows = (info.get("counts") or {}).get("windows")
+        if not isinstance(windows, int) or windows != records:
+            raise ShardError(f"{path}: split {split!r} says counts.windows = {windows!r}, but its "
+                             f"{len(shards)} shard(s) hold {records} records: the manifest was "
+                             "edited or damaged; preprocess again")

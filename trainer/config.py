@@ -52,7 +52,8 @@ RUN_CONTROL_FIELDS = frozenset({
     "max_steps", "overwrite", "resume_mismatched", "progress_bar", "log_every", "steps_per_loop",
     "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "run_dir",
     "data_cache_dir", "manifest", "jit_compile", "num_cpu_devices", "strategy", "export",
-    "feature_cache", "eval_every_epochs", "early_stopping_patience", "loss_upper_bound",
+    "feature_cache", "eval_every_epochs", "max_evaluations", "early_stopping_patience",
+    "loss_upper_bound",
     "loss_upper_bound_factor", "recovery_max_trials", "recovery_lr_factor",
 })
 
@@ -129,6 +130,10 @@ class TrainConfig(ModelSettings):
     train_steps: int = setting(0, minimum=0, help="Optimizer updates in the schedule; 0 derives "
                                "it from --epochs.")
     epochs: float = setting(1.0, help="Epochs when --train_steps=0.")
+    min_train_steps: int = setting(0, minimum=0, help="With --train_steps=0, train at least this "
+                                   "many updates however small the corpus (more epochs than "
+                                   "--epochs; warmup and decay span them); 0 = no floor. "
+                                   "trainer/schedule_plan.py.")
     seed: int = setting(42, minimum=0, help="Seed for initialisation, shuffling and dropout.")
     shuffle_buffer: int = setting(10000, minimum=0, help="Shuffle buffer in windows; 0 disables "
                                   "shuffling.")
@@ -162,6 +167,9 @@ class TrainConfig(ModelSettings):
     eval_every_epochs: float = setting(0.0, minimum=0, help="Evaluate dev every this many epochs "
                                        "of the train split (e.g. 1: once per epoch, whatever the "
                                        "corpus size); replaces --eval_every when > 0.")
+    max_evaluations: int = setting(0, minimum=0, help="At most this many dev evaluations during "
+                                   "training: a longer schedule evaluates every "
+                                   "ceil(steps / N) steps instead; 0 = no limit.")
     early_stopping_patience: int = setting(0, minimum=0, help="Stop when dev F1 has not improved "
                                            "for this many evaluations in a row (test then scores "
                                            "the best); 0 = train the whole schedule.")

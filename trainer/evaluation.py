@@ -231,7 +231,10 @@ def _make_eval_step(model, strategy, with_features: bool = False):
     return tf.function(distributed_step, autograph=False, reduce_retracing=True)
 
 
-def _get_eval_step(model, strategy, with_features: bool = False):
+def eval_step(model, strategy, with_features: bool = False):
+    """The model's compiled evaluation step (see `_make_eval_step`), built once per model and
+    reused while the strategy and the input kind stay the same, so evaluating every N steps
+    traces once."""
     cached = _STEP_CACHE.get(model)
     if cached is not None and cached[0] is strategy and cached[1] == with_features:
         return cached[2]
@@ -290,7 +293,7 @@ def evaluate(model, dataset, label_map: Sequence[str], *, strategy=None,
     label_map = list(label_map)
     spec = getattr(dataset, "element_spec", None)
     with_features = isinstance(spec, Mapping) and FEATURES_KEY in spec
-    step = _get_eval_step(model, strategy, with_features)
+    step = eval_step(model, strategy, with_features)
     if strategy is not None and isinstance(dataset, tf.data.Dataset):
         dataset = strategy.experimental_distribute_dataset(dataset)
 

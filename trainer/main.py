@@ -75,16 +75,15 @@ def main(argv) -> None:
         config_lib.check_run_dir(config)
     except config_lib.ConfigError as error:
         sys.exit(f"error: {error}")
-    from trainer import cache
     from trainer.loop import train_and_evaluate
 
     user_errors = _user_errors()
     logging.set_verbosity(logging.INFO)
     note_missing_gpu()
     try:
-        # Bad corpus lines or tokenizers surface here, before the loop writes config.json into
-        # the run directory (or, with --overwrite, empties it); the loop then reuses the shards.
-        cache.ensure_preprocessed(config, log=logging.info)
+        # Bad corpus lines or tokenizers surface as one line: the loop preprocesses (or finds
+        # the shards) before it writes config.json into the run directory or, with
+        # --overwrite, empties it.
         results = train_and_evaluate(config, config.run_dir)
     except user_errors as error:
         sys.exit(f"error: {describe(error)}")

@@ -84,6 +84,25 @@ class WarmupDecaySchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
                     decay=self.decay, end_ratio=self.end_ratio)
 
 
+class ScaledSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a scale variable (1.0, lowered by divergence recovery).
+
+    The scale is a variable, so lowering it needs no retrace; at 1.0 the product is exactly the
+    schedule's value.
+    """
+
+    def __init__(self, schedule, scale: tf.Variable):
+        super().__init__()
+        self.schedule = schedule
+        self.scale = scale
+
+    def __call__(self, step):
+        return self.schedule(step) * tf.cast(self.scale, tf.float32)
+
+    def get_config(self):
+        return self.schedule.get_config()
+
+
 def uses_weight_decay(variable_name: str) -> bool:
     """AdamW decays every weight except LayerNorm parameters and biases."""
     return not _NO_WEIGHT_DECAY.search(variable_name)

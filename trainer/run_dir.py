@@ -10,7 +10,12 @@
       best/               model + best.json ({"step": ..., "f1": ..., ...}) of the best dev
                           evaluation
       export/             the export written at the end of training (trainer.export)
-      train_log.jsonl, results.json, predictions_*.txt, TensorBoard events (trainer.loop)
+      variables.json      what trains: each variable's group, shape and learning rate
+                          (trainer.variables_report)
+      train_log.jsonl     one record per logged training step (trainer.run_logs)
+      results.json        final dev and test metrics, the step and checkpoint they came from
+      predictions_*.txt   dev and test predictions of the final evaluation
+      train/, dev/, test/ TensorBoard event files (trainer.summaries)
 
 The trainer builds the model config once (`tagger_config`: the run's model settings plus what
 its data decides, the label map and the vocabulary size) and writes it at the start of the run
@@ -42,6 +47,9 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 BEST_FILE = "best.json"  # in BEST_DIR
 EXPORT_DIR = "export"
+VARIABLES_FILE = "variables.json"
+TRAIN_LOG = "train_log.jsonl"
+RESULTS = "results.json"
 
 _MODEL_SETTINGS = tuple(field.name for field in dataclasses.fields(ModelSettings))
 

@@ -34,8 +34,8 @@ from typing import Any
 import tensorflow as tf
 
 from data_pipeline.manifest import strict_json_dumps
+from trainer.run_dir import VARIABLES_FILE
 
-VARIABLES_FILE = "variables.json"
 FROZEN_ENCODER_NOTE = ("encoder frozen: outside the gradient tape, in inference mode (or read "
                        "from the feature cache)")
 

@@ -4,7 +4,6 @@ whatever the flag says."""
 
 import json
 import pathlib
-import types
 
 from tests.data_pipeline.test_unknown_rates import CASED_ENGLISH
 from trainer import config as config_lib
@@ -49,7 +48,7 @@ def test_training_batches_pad_to_the_manifests_max_seq_length(tmp_path, bert_chi
     import tensorflow as tf
 
     from data_pipeline.preprocess import preprocess
-    from trainer import loop
+    from trainer import training_state
 
     corpus = tmp_path / "chars.txt"
     corpus.write_text(CHAR_CORPUS, encoding="utf-8")
@@ -60,7 +59,7 @@ def test_training_batches_pad_to_the_manifests_max_seq_length(tmp_path, bert_chi
                                              f"--manifest={shards}", "--nobucketing",
                                              "--batch_size=4"))
     assert config.max_seq_length == 128
-    run = types.SimpleNamespace(config=config, input_position=tf.Variable(0, dtype=tf.int64),
-                                strategy=tf.distribute.get_strategy(), input_dir=str(shards))
-    batch = next(iter(loop._Run.train_dataset(run)))
+    dataset = training_state.train_dataset(config, tf.distribute.get_strategy(), str(shards),
+                                           position=0)
+    batch = next(iter(dataset))
     assert batch["input_ids"].shape == (4, 16)

@@ -435,10 +435,10 @@ def test_evaluate_does_not_retrace(corpus):
     _, records = corpus
     model = FakeTagger(VOCAB_SIZE, len(LABEL_MAP))
     evaluation.evaluate(model, batch_records(records, 4), LABEL_MAP)
-    step = evaluation._get_eval_step(model, None)
+    step = evaluation.eval_step(model, None)
     assert step.compiled.experimental_get_tracing_count() == 1  # batches of several shapes
     evaluation.evaluate(model, batch_records(records, 7), LABEL_MAP)
-    assert evaluation._get_eval_step(model, None) is step
+    assert evaluation.eval_step(model, None) is step
     assert step.compiled.experimental_get_tracing_count() == 1
 
 

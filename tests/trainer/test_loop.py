@@ -42,7 +42,7 @@ def test_tiny_run_writes_the_run_directory(tiny, tmp_path):
     assert set(log[0]["learning_rate"]) == {"bilstm", "head", "crf"}  # the encoder is frozen
     _, tags = scalar_tags(run_dir)
     for tag in ("train/loss", "train/lr/head", "train/grad_norm/crf", "train/tokens_per_s",
-                "train/sentences_per_s", "dev/f1", "dev/precision", "dev/recall",
+                "train/windows_per_s", "dev/f1", "dev/precision", "dev/recall",
                 "dev/token_accuracy", "test/f1", "dev/f1/LOC"):
         assert tag in tags, tag
 
@@ -70,7 +70,7 @@ def test_mixed_precision_runs_have_finite_losses(tiny, tmp_path, precision):
         # Every TensorBoard item of the issue, from a real training run's event files.
         groups = ["embeddings", "encoder_layer_0", "encoder_layer_1", "bilstm", "head", "crf"]
         expected = ["train/loss", "train/loss_scale", "train/tokens_per_s",
-                    "train/sentences_per_s"]
+                    "train/windows_per_s"]
         expected += [f"train/{kind}/{g}" for kind in ("lr", "grad_norm") for g in groups]
         expected += [f"{split}/{metric}{suffix}" for split in ("dev", "test")
                      for metric in ("f1", "precision", "recall")

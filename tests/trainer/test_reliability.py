@@ -15,7 +15,7 @@ import tensorflow as tf
 from data_pipeline.dataset import ShardError
 from data_pipeline.manifest import load_manifest
 from tests import trainer_testing as tt
-from trainer import checkpointing, loop, summaries
+from trainer import cache, checkpointing, summaries, train_log
 
 
 def strict_loads(text):
@@ -161,13 +161,13 @@ def test_train_log_keeps_each_step_once(tmp_path):
     path = tmp_path / "train_log.jsonl"
     lines = [{"step": s, "loss": 1.0 / s} for s in (3, 6, 9, 6)]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 12, "lo')
-    kept = loop.truncate_train_log(path, 6)
+    kept = train_log.truncate_train_log(path, 6)
     assert [r["step"] for r in kept] == [3, 6]
     assert [strict_loads(line)["step"] for line in path.read_text().splitlines()] == [3, 6]
     mtime = path.stat().st_mtime_ns
-    loop.truncate_train_log(path, 6)
+    train_log.truncate_train_log(path, 6)
     assert path.stat().st_mtime_ns == mtime  # untouched when nothing changes
-    loop._append_jsonl(path, {"step": 9, "loss": math.nan, "grad_norm": {"head": math.inf}})
+    train_log.append_record(path, {"step": 9, "loss": math.nan, "grad_norm": {"head": math.inf}})
     assert strict_loads(path.read_text().splitlines()[-1]) == {
         "step": 9, "loss": None, "grad_norm": {"head": None}}
 
@@ -234,13 +234,13 @@ def shards(tmp_path_factory, people_daily_dir, bert_chinese_dir):
 def test_every_split_is_verified_and_counts_are_cross_checked(shards, tmp_path):
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
-    loop.verify_data(load_manifest(copy))
+    cache.verify_data(load_manifest(copy))
     manifest_path = copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["splits"]["train"]["counts"]["windows"] *= 10
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match=r"manifest.json: split 'train' says counts.windows"):
-        loop.verify_data(load_manifest(copy))
+        cache.verify_data(load_manifest(copy))
     shutil.rmtree(copy)
     shutil.copytree(shards, copy)
     test_shard = sorted(copy.glob("test-*.tfrecord"))[0]
@@ -248,4 +248,4 @@ def test_every_split_is_verified_and_counts_are_cross_checked(shards, tmp_path):
     data[len(data) // 2] ^= 1
     test_shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=test_shard.name + ".*sha256"):
-        loop.verify_data(load_manifest(copy))
+        cache.verify_data(load_manifest(copy))

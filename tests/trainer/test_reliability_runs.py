@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from data_pipeline.dataset import ShardError
 from tests import trainer_testing as tt
-from trainer import checkpointing, config as config_lib, evaluation, loop, summaries
+from trainer import checkpointing, config as config_lib, evaluation, summaries
+from trainer.step_runner import StepRunner
 from trainer.loop import train_and_evaluate
 
 
@@ -88,22 +89,22 @@ def test_divergence_stops_before_anything_is_saved(tiny, tmp_path):
 
 def poison(monkeypatch, plan):
     """Makes the call that ends at step s go wrong once: plan {s: "spike" | "nan"}."""
-    original = loop._Run._run_steps
+    original = StepRunner.run
     fired = set()
 
     def run_steps(self, iterator, num_steps, stop):
         totals, norms = original(self, iterator, num_steps, stop)
-        step = int(self.step.numpy())
+        step = int(self.state.step.numpy())
         if step in plan and step not in fired:
             fired.add(step)
             if plan[step] == "spike":  # a finite blow-up of the loss
                 totals["loss_sum"] *= 1e6
             else:  # a weight became NaN (seen by the check before an evaluation or a save)
-                weight = self.model.trainable_weights[-1]
+                weight = self.state.model.trainable_weights[-1]
                 weight.assign(tf.fill(weight.shape, np.nan))
         return totals, norms
 
-    monkeypatch.setattr(loop._Run, "_run_steps", run_steps)
+    monkeypatch.setattr(StepRunner, "run", run_steps)
 
 
 def test_recovery_restores_the_latest_checkpoint_with_lower_rates(tiny, tmp_path, monkeypatch):
@@ -219,7 +220,7 @@ def test_sigterm_during_an_evaluation_stops_and_saves(tiny, tmp_path, monkeypatc
 
 def test_sigterm_ends_a_long_tf_function_call_within_seconds(tiny, tmp_path, monkeypatch):
     huge = 10 ** 6  # one tf.function call of a million updates: hours
-    original = loop._Run._run_steps
+    original = StepRunner.run
     sent = {}
 
     def send_sigterm_when_training(run):
@@ -231,10 +232,10 @@ def test_sigterm_ends_a_long_tf_function_call_within_seconds(tiny, tmp_path, mon
     def run_steps(self, iterator, num_steps, stop):
         assert num_steps == huge
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
-        threading.Thread(target=send_sigterm_when_training, args=(self,), daemon=True).start()
+        threading.Thread(target=send_sigterm_when_training, args=(self.state,), daemon=True).start()
         return original(self, iterator, num_steps, stop)
 
-    monkeypatch.setattr(loop._Run, "_run_steps", run_steps)
+    monkeypatch.setattr(StepRunner, "run", run_steps)
     run_dir = tmp_path / "run"
     result = train_and_evaluate(make_config(
         tiny, run_dir, train_steps=huge, steps_per_loop=huge, log_every=huge,

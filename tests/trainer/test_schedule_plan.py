@@ -1,0 +1,61 @@
+"""The schedule plan on its own (no TensorFlow, no training): trainer/schedule_plan.py."""
+
+import pytest
+
+from tests import trainer_testing as tt
+from trainer import config as config_lib
+from trainer.schedule_plan import plan_schedule
+
+
+def config(*flags):
+    """The shipped frozen flagfile's config with `flags` after it (no file is read)."""
+    return config_lib.parse_flags(["--flagfile=" + str(tt.REPO / "configs/frozen.flags"),
+                                   *flags])
+
+
+def test_epochs_alone_as_before():
+    plan = plan_schedule(config("--epochs=3", "--eval_every_epochs=1", "--min_train_steps=0",
+                                "--max_evaluations=0"), train_windows=1000)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.stop_at) == (32, 94, 94)
+    assert (plan.eval_every, plan.floor_applied, plan.eval_widened) == (32, False, False)
+
+
+def test_the_floor_gives_a_small_corpus_more_epochs_and_widens_the_dev_cadence():
+    plan = plan_schedule(config("--epochs=10", "--min_train_steps=2000", "--max_evaluations=20",
+                                "--early_stopping_patience=3"),
+                         train_windows=1362, train_sentences=1350)
+    assert plan.steps_per_epoch == 43 and plan.total_steps == 2000 and plan.floor_applied
+    assert plan.eval_every == 100 and plan.eval_widened  # 2000 / 20, not one epoch (43)
+    assert plan.epochs == pytest.approx(2000 / 43)
+    line = plan.describe()
+    assert line.startswith("schedule: corpus of 1,350 sentences (1,362 windows): 43 updates an "
+                           "epoch of 32; 2,000 updates (at least --min_train_steps) = up to 46.5 "
+                           "epochs; dev every 100 updates (2.33 epochs, widened by "
+                           "--max_evaluations); stop after 3 evaluations"), line
+
+
+def test_a_large_corpus_keeps_its_schedule_in_epochs():
+    """The full People's Daily proxy train (46,000 windows): 10 epochs are far above the floor,
+    and an evaluation a epoch is within the cap: the plan is what epochs alone give."""
+    with_rule = plan_schedule(config("--epochs=10", "--min_train_steps=2000",
+                                     "--max_evaluations=20"), train_windows=46000)
+    without = plan_schedule(config("--epochs=10", "--min_train_steps=0", "--max_evaluations=0"),
+                            train_windows=46000)
+    assert with_rule.total_steps == without.total_steps == 14375
+    assert with_rule.eval_every == without.eval_every == 1438
+    assert not (with_rule.floor_applied or with_rule.eval_widened)
+
+
+def test_train_steps_and_max_steps_win():
+    plan = plan_schedule(config("--train_steps=50", "--min_train_steps=2000", "--max_steps=20",
+                                "--eval_every=10", "--eval_every_epochs=0",
+                                "--max_evaluations=2"), train_windows=100)
+    assert (plan.total_steps, plan.stop_at, plan.floor_applied) == (50, 20, False)
+    assert plan.eval_every == 25 and plan.eval_widened  # ceil(50 / 2)
+    assert "this invocation stops at step 20" in plan.describe()
+
+
+def test_grad_accumulation_counts_windows_per_update():
+    plan = plan_schedule(config("--epochs=1", "--batch_size=8", "--grad_accum_steps=4",
+                                "--min_train_steps=0"), train_windows=100)
+    assert (plan.windows_per_update, plan.steps_per_epoch, plan.total_steps) == (32, 4, 4)
