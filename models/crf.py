@@ -297,6 +297,24 @@ class CRF(tf.keras.layers.Layer):
         return crf_log_norm(potentials, mask, self.transitions, self.start_transitions,
                             self.end_transitions)
 
+    def marginals(self, potentials: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """Unconstrained tag marginals p(y_t = k | potentials), by forward-backward through
+        autodiff: d log Z / d potentials[b, t, k] = p(y_t = k).
+
+        Args:
+          potentials: float [batch, seq_len, num_tags]; cast to float32.
+          mask: bool [batch, seq_len]; positions in the chain (holes allowed).
+
+        Returns:
+          float32 [batch, seq_len, num_tags]: at a masked-in position the tags' marginals (they
+          sum to 1); 0 at masked-out positions and in rows without any masked-in position.
+        """
+        potentials = tf.cast(potentials, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(potentials)
+            log_norm = self.log_norm(potentials, mask)  # [batch]
+        return tape.gradient(log_norm, potentials)
+
     def decode(self, potentials: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(Constrained) Viterbi path and its log-probability under the trained model.
 

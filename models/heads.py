@@ -1,4 +1,4 @@
-"""Softmax and CRF heads: masked losses (sum + count) and decoding.
+"""Softmax and CRF heads: masked losses (sum + count), decoding and tag probabilities.
 
 Losses are returned as a masked SUM and the COUNT of counted tokens, never a mean, so the trainer
 divides once by the global count (one replica and N replicas give the same gradient).
@@ -64,6 +64,19 @@ class SoftmaxHead:
         return (tf.where(label_mask, tag_ids, 0),
                 tf.reduce_sum(tf.where(label_mask, best, 0.0), axis=1))
 
+    def tag_probabilities(self, logits: tf.Tensor, label_mask: tf.Tensor) -> tf.Tensor:
+        """Each tag's softmax probability at each position.
+
+        Args:
+          logits: float [batch, seq_len, num_tags].
+          label_mask: bool [batch, seq_len], positions to tag.
+
+        Returns:
+          float32 [batch, seq_len, num_tags], softmax over the tags; 0 outside label_mask.
+        """
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return tf.where(tf.cast(label_mask, tf.bool)[:, :, None], probs, 0.0)
+
 
 class CRFHead:
     """Linear-chain CRF over the labelled positions (see models/crf.py)."""
@@ -97,3 +110,16 @@ class CRFHead:
     def decode(self, logits: tf.Tensor, label_mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Viterbi over the positions in label_mask; see `CRF.decode`."""
         return self.crf.decode(logits, tf.cast(label_mask, tf.bool))
+
+    def tag_probabilities(self, logits: tf.Tensor, label_mask: tf.Tensor) -> tf.Tensor:
+        """Each tag's marginal probability under the (unconstrained) CRF, over the chain of the
+        positions in label_mask; see `CRF.marginals`.
+
+        Args:
+          logits: float [batch, seq_len, num_tags].
+          label_mask: bool [batch, seq_len], positions to tag.
+
+        Returns:
+          float32 [batch, seq_len, num_tags], p(y_t = k | logits); 0 outside label_mask.
+        """
+        return self.crf.marginals(logits, tf.cast(label_mask, tf.bool))

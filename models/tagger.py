@@ -190,6 +190,20 @@ class Tagger(tf.keras.Model):
         """
         return self._head.decode(logits, label_mask)
 
+    def tag_probabilities(self, logits: tf.Tensor, label_mask: tf.Tensor) -> tf.Tensor:
+        """The probability of each tag at each labelled position, as the head defines it.
+
+        Args:
+          logits: float32 [batch, seq_len, num_tags].
+          label_mask: bool [batch, seq_len], positions carrying a label.
+
+        Returns:
+          float32 [batch, seq_len, num_tags], 0 outside label_mask; at a labelled position the
+          tags' probabilities sum to 1. Softmax: the softmax of the logits. CRF: the marginals
+          p(y_t = k | x) of the unconstrained CRF over the labelled positions (forward-backward).
+        """
+        return self._head.tag_probabilities(logits, label_mask)
+
     @property
     def transitions(self) -> tf.Variable:
         """CRF transition scores float32 [num_tags, num_tags], indexed [from, to]."""

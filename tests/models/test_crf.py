@@ -151,6 +151,37 @@ def test_gradient_of_log_norm_is_marginals():
     np.testing.assert_allclose(marginals.sum(-1), mask.astype(np.float32), atol=1e-5)
 
 
+def _brute_force_marginals(potentials, mask, transitions, start, end):
+    """p(y_t = k) float64 [B, T, K] by enumerating every path over the labelled positions."""
+    marginals = np.zeros(potentials.shape)
+    log_norm, _, _ = _brute_force(potentials, mask, transitions, start, end)
+    num_tags = potentials.shape[2]
+    for b, (row, row_mask) in enumerate(zip(potentials.astype(np.float64), mask)):
+        positions = np.flatnonzero(row_mask)
+        for path in itertools.product(range(num_tags), repeat=len(positions)):
+            if not path:
+                continue
+            weight = np.exp(_path_score(row[positions], path, transitions, start, end)
+                            - log_norm[b])
+            marginals[b, positions, path] += weight
+    return marginals
+
+
+@pytest.mark.parametrize("mode", list(_modes()))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_marginals_match_brute_force(mode, seed):
+    """The CRF head's tag probabilities: exact marginals on labelled positions, 0 elsewhere
+    (holes, padding, the empty row)."""
+    potentials, mask, transitions, start, end = _random_case(seed, num_tags=3, seq_len=4)
+    expected = _brute_force_marginals(potentials, mask, transitions, start, end)
+    layer = crf.CRF(3)
+    layer.set_weights([transitions, start, end])
+    marginals = _modes()[mode](layer.marginals)(potentials, mask)
+    assert marginals.dtype == tf.float32 and marginals.shape == potentials.shape
+    np.testing.assert_allclose(marginals.numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert np.all(marginals.numpy()[~mask] == 0.0)
+
+
 def _is_valid_iob2(tags):
     previous = "O"
     for tag in tags:

@@ -231,6 +231,28 @@ def test_decode_respects_label_mask(head):
         np.testing.assert_allclose(-np.array(per_row), scores, rtol=1e-5)
 
 
+@pytest.mark.parametrize("head", ["softmax", "crf"])
+def test_tag_probabilities_are_the_heads_own(head):
+    """Per-tag probabilities at labelled positions (sum 1), 0 elsewhere: the softmax of the
+    logits, or the CRF's marginals (d log Z / d logits)."""
+    model = build(tiny_config(head=head))
+    input_ids, attention_mask, label_ids = make_batch()
+    logits = model(dict(input_ids=input_ids, attention_mask=attention_mask))
+    label_mask = label_ids != IGNORE
+    probs = model.tag_probabilities(logits, label_mask)
+    assert probs.dtype == tf.float32 and probs.shape == logits.shape
+    np.testing.assert_allclose(probs.numpy().sum(-1)[label_mask], 1.0, rtol=1e-5)
+    assert np.all(probs.numpy()[~label_mask] == 0.0)
+    if head == "softmax":
+        expected = tf.nn.softmax(logits).numpy()
+    else:
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            log_norm = model.crf.log_norm(logits, label_mask)
+        expected = tape.gradient(log_norm, logits).numpy()
+    np.testing.assert_array_equal(probs.numpy()[label_mask], expected[label_mask])
+
+
 # ---- variable groups ----------------------------------------------------------------------
 
 
