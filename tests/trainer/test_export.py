@@ -2,7 +2,8 @@
 and the predictor, the export tags the test split exactly as the trainer's final evaluation did
 (long sentences, cut into windows, included), and so does its text-in signature `tag_text`; the
 SavedModel works without the project; the tokenizer is written exactly as preprocessing used it
-(the SentencePiece `▁` setting included). More on `tag_text` in test_tag_text.py."""
+(the SentencePiece `▁` setting included). More on `tag_text` in test_export_tag_text.py, its
+steps one by one in test_text_signature_steps.py."""
 
 import json
 import os
@@ -23,7 +24,7 @@ from data_pipeline.tags import extract_entities
 from models.config import TaggerConfig
 from tests import trainer_testing as tt
 from trainer import config as config_lib
-from trainer import export
+from trainer import export, rebuild, run_reader
 from trainer.loop import train_and_evaluate
 
 MAX_SEQ_LENGTH = 32  # budget 30 pieces: a tenth of the test sentences need several windows
@@ -199,9 +200,9 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
     served = json.loads(outputs.read_text())
 
     # The same windows through the run's model restored in this process.
-    run = export.read_run(run_dir)
-    prefix, _ = export.resolve_checkpoint(run_dir, "best")
-    model, _ = export.build_model(run, prefix)
+    run = run_reader.read_run(run_dir)
+    prefix, _ = run_reader.resolve_checkpoint(run_dir, "best")
+    model, _ = rebuild.build_model(run, prefix)
     logits = model({k: tf.constant(batch[k]) for k in ("input_ids", "attention_mask")})
     tag_ids, scores = model.decode(logits, tf.constant(batch["label_mask"] > 0))
     np.testing.assert_array_equal(served["tag_ids"], tag_ids.numpy())
@@ -223,7 +224,7 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
     ids = tf.constant(batch["input_ids"][:2])
     mask = tf.constant(batch["attention_mask"][:2])
     h5_dir = tmp_path / "h5"
-    export._save_pretrained(model, h5_dir, "h5", None)
+    export.save_pretrained_encoder(model, h5_dir, "h5", None)
     assert (h5_dir / "tf_model.h5").is_file()
     hidden = []
     for directory in (export_dir / export.ENCODER_DIR, h5_dir):
@@ -267,7 +268,7 @@ def test_the_run_directory_carries_the_model_config(run_dir, export_dir):
     assert model_config["head"] == "crf" and model_config["bilstm_layers"] == 1
     assert model_config["label_map"] == json.loads((run_dir / "label_map.json").read_text())
     assert serving.read_export(export_dir).manifest["model"] == model_config
-    assert export.read_run(run_dir, log=pytest.fail).model_config.to_dict() == model_config
+    assert run_reader.read_run(run_dir, log=pytest.fail).model_config.to_dict() == model_config
 
 
 def test_an_old_run_directory_without_model_config_exports(run_dir, export_dir, tmp_path):
@@ -287,7 +288,7 @@ def test_an_old_run_directory_without_model_config_exports(run_dir, export_dir, 
     config = json.loads((old / "config.json").read_text())
     (old / "config.json").write_text(json.dumps(dict(config, head="mlp")))
     with pytest.raises(serving.ExportError, match="To convert it, write .*model_config.json"):
-        export.read_run(old, log=lambda message: None)
+        run_reader.read_run(old, log=lambda message: None)
 
 
 def test_command_line_flags_help_and_usage_errors(tmp_path, capsys):
@@ -321,7 +322,7 @@ def test_e5_export_tokenizes_lines_exactly_like_preprocessing(tmp_path, e5_dir, 
     corpus.write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
     manifest = preprocess({"train": str(corpus)}, tmp_path / "shards", str(e5_dir),
                           max_seq_length=24, stride=6, num_workers=0)
-    tokenizer_json, info = export.prepare_serving_tokenizer(manifest, "char")
+    tokenizer_json, info = rebuild.prepare_serving_tokenizer(manifest, "char")
     assert info["word_boundary_marker"] == "dropped"
     assert '"prepend_scheme":"never"' in tokenizer_json.replace(" ", "")
     encoder = serving.LineEncoder(

@@ -22,6 +22,7 @@ from data_pipeline.tags import iob2_allowed_transitions
 from serving import predict
 from tests import trainer_testing as tt
 from trainer import export
+from trainer.piece_table import piece_table
 
 PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 MAX_SEQ_LENGTH = 128  # the shipped configs' windows: budget 126 pieces, 79 test lines need more
@@ -277,7 +278,7 @@ def test_piece_table_is_what_preprocessing_gives_each_character(e5_dir, bert_chi
     for name in (e5_dir, bert_chinese_dir):
         backend, info = tokenization.prepare_tokenizer(name, word_boundary_marker="auto",
                                                        input_format="char")
-        table = tables[name] = export.piece_table(backend.to_str(), info.unk_token_id)
+        table = tables[name] = piece_table(backend.to_str(), info.unk_token_id)
         encoder = tokenization.TokenEncoder(backend, info.unk_token_id)
         rng = random.Random(1)
         chars = [chr(c) for c in rng.sample(range(0x20000), 3000) if not 0xD800 <= c <= 0xDFFF]
