@@ -1,5 +1,10 @@
 """Reading tagged corpora and converting their tag schemes to IOB2.
 
+(A little over the project's ~400 lines per module, knowingly: all that reads a user's corpus and
+can reject it, its format and its tags, is here, so that every such error is a `CorpusError`
+naming the file and line, raised by one module; `trainer/cache.py` reads and converts through it
+as preprocessing does.)
+
 Two file formats, both with a blank line between sentences:
 
 - `char`: one `character tag` pair per line (People's Daily, MSRA), separated by spaces or tabs
@@ -48,8 +53,9 @@ FORMATS = ("char", "conll")
 SCHEMES = ("bio", "iob1", "bioes", "bmes")
 ON_INVALID = ("repair", "fail")
 
-# Prefixes each scheme allows, besides the bare "O".
-_SCHEME_PREFIXES = {
+# Prefixes each scheme allows, besides the bare "O" (`to_iob2` checks each tag against them, and
+# preprocessing checks every tag of the files before it writes anything).
+SCHEME_PREFIXES = {
     "bio": frozenset("BI"),
     "iob1": frozenset("BI"),
     "bioes": frozenset("BIES"),
@@ -384,7 +390,7 @@ def to_iob2(tags: list[str], scheme: str, *, on_invalid: str, path: str | os.Pat
       CorpusError: an unknown prefix, or (with on_invalid="fail") a continuation tag with no open
         entity of its type.
     """
-    allowed = _SCHEME_PREFIXES[scheme]
+    allowed = SCHEME_PREFIXES[scheme]
     out: list[str] = []
     repaired = 0
     open_type = ""  # the type of the entity the previous tag leaves open ("" = none)

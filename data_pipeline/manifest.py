@@ -32,6 +32,7 @@ complete. Layout (abridged):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -44,12 +45,16 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
+from data_pipeline import records
 from data_pipeline.tags import IGNORE_ID
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "label_map", "max_seq_length", "stride", "compression",
                   "tokenizer", "splits")
+_UNKNOWN_EXAMPLES = 10  # most frequent unknown source tokens listed per split
 
 
 def manifest_path(path_or_dir: str | os.PathLike) -> pathlib.Path:
@@ -87,6 +92,96 @@ def load_manifest(path_or_dir: str | os.PathLike) -> dict:
                          f"{IGNORE_ID}; preprocess again")
     manifest["directory"] = str(path.parent.resolve())
     return manifest
+
+
+def build_manifest(scans: dict, shards: list[dict], *, info, label_map: list[str], scheme: str,
+                   on_invalid: str, max_seq_length: int, stride: int, compression: str) -> dict:
+    """The manifest of a preprocessing run (layout in the module docstring), from its two passes.
+
+    Args:
+      scans: {split: pass 1's totals of its file}: "path", "sha256", "bytes", "format",
+        "sentences", "characters", "max_sentence_length", "tag_counts".
+      shards: every shard's result from pass 2 (`shard_writer.write_shard`), in any order.
+      info: the `tokenization.TokenizerInfo` the shards were written with.
+      label_map: IOB2 labels, index = label id.
+      scheme: the tag scheme of the source files.
+      on_invalid: "repair" or "fail".
+      max_seq_length, stride: the window settings.
+      compression: the TFRecord compression type ("" or "GZIP").
+
+    Returns:
+      The manifest dict, ready for `write_json_atomic`.
+    """
+    splits = {}
+    for name, scan in scans.items():
+        own = sorted((s for s in shards if s["split"] == name), key=lambda s: s["index"])
+        stats = collections.Counter()
+        entities: collections.Counter = collections.Counter()
+        repaired: collections.Counter = collections.Counter()
+        histogram = np.zeros(max_seq_length + 1, dtype=np.int64)
+        for shard in own:
+            stats.update(shard["stats"])
+            entities.update(shard["entities"])
+            repaired.update(shard["repaired"])
+            histogram += shard["histogram"]
+        pieces = stats["content_pieces"]
+        examples: collections.Counter = collections.Counter()
+        for shard in own:
+            examples.update(dict(shard["unknown_words"]))
+
+        def rate(part: str, whole: str) -> float:
+            return stats[part] / stats[whole] if stats[whole] else 0.0
+
+        splits[name] = {
+            "source": {"path": scan["path"], "sha256": scan["sha256"], "bytes": scan["bytes"],
+                       "format": scan["format"]},
+            "counts": {
+                "sentences": scan["sentences"], "characters": scan["characters"],
+                "windows": int(stats["windows"]), "tokens": int(stats["tokens"]),
+                "content_pieces": int(pieces), "unknown_tokens": int(stats["unknown_tokens"]),
+                "unknown_token_rate": stats["unknown_tokens"] / pieces if pieces else 0.0,
+                # Source tokens (characters or words) with an unknown piece, overall and inside
+                # gold entities; and how many of those a known cause explains.
+                "words": int(stats["words"]), "unknown_words": int(stats["unknown_words"]),
+                "unknown_word_rate": rate("unknown_words", "words"),
+                "entity_words": int(stats["entity_words"]),
+                "unknown_entity_words": int(stats["unknown_entity_words"]),
+                "unknown_entity_word_rate": rate("unknown_entity_words", "entity_words"),
+                "unknown_words_known_lowercased": int(stats["unknown_words_known_lowercased"]),
+                "unknown_words_punctuation": int(stats["unknown_words_punctuation"]),
+                "sentences_split": int(stats["sentences_split"]),
+                "pieceless_tokens": int(stats["pieceless_tokens"]),
+                "pieceless_sentences": int(stats["pieceless_sentences"]),
+                "max_sentence_length": scan["max_sentence_length"],
+                "entities": dict(sorted(entities.items())),
+                # Entities as the file writes them: the above minus the repaired fragments.
+                "source_entities": {kind: count - repaired.get(kind, 0)
+                                    for kind, count in sorted(entities.items())},
+                "repaired_tags": dict(sorted(repaired.items())),
+                "tag_counts": dict(sorted(scan["tag_counts"].items())),
+            },
+            # The most frequent unknown source tokens, [token, occurrences] (from each shard's
+            # most frequent ones).
+            "unknown_word_examples": [[token, int(count)] for token, count
+                                      in examples.most_common(_UNKNOWN_EXAMPLES)],
+            "length_histogram": histogram.tolist(),
+            "shards": [{key: shard[key] for key in ("file", "records", "bytes", "sha256")}
+                       for shard in own],
+        }
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": "data_pipeline.preprocess",
+        "label_map": list(label_map),
+        "max_seq_length": max_seq_length,
+        "stride": stride,
+        "compression": compression,
+        "tokenizer": info.to_json(),
+        "tag_scheme": {"source": scheme, "internal": "iob2"},
+        "on_invalid": on_invalid,
+        "record_features": list(records.SEQUENCE_FEATURES + records.SCALAR_FEATURES),
+        "ignore_id": IGNORE_ID,
+        "splits": splits,
+    }
 
 
 def _non_finite_paths(value, where: str = "") -> list[str]:
@@ -175,7 +270,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 _STALE_SUFFIX = re.compile(r"(?P<kind>tmp|old)-[0-9a-f]{8}")
 
 
-def _try_lock(directory: pathlib.Path) -> int | None:
+def try_lock_directory(directory: pathlib.Path) -> int | None:
     """An exclusive, non-blocking flock on a directory: the fd, or None if another holds it.
 
     The kernel drops the lock when its holder dies (even by SIGKILL), so a held lock means a live
@@ -211,14 +306,14 @@ def _is_complete(directory: pathlib.Path) -> bool:
 def staging_directory(target: str | os.PathLike) -> Iterator[pathlib.Path]:
     """A new hidden staging directory beside `target`, locked while this process uses it.
 
-    The lock (see `_try_lock`) tells `clean_stale_directories` in another process that the
+    The lock (see `try_lock_directory`) tells `clean_stale_directories` in another process that the
     directory is alive. On exit the directory is removed unless it was renamed away (by
     `replace_directory`).
     """
     target = pathlib.Path(target)
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
-    fd = _try_lock(staging)
+    fd = try_lock_directory(staging)
     try:
         yield staging
     finally:
@@ -253,7 +348,7 @@ def clean_stale_directories(target: str | os.PathLike,
             match = _STALE_SUFFIX.fullmatch(entry.name[len(prefix):])
         if match is None or entry.is_symlink() or not entry.is_dir():
             continue
-        fd = _try_lock(entry)
+        fd = try_lock_directory(entry)
         if fd is None:
             continue  # in use by a live process (or locks are unsupported here)
         try:
@@ -280,7 +375,7 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
     staging, target = pathlib.Path(staging), pathlib.Path(target)
     if target.exists():
         retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        fd = _try_lock(target)
+        fd = try_lock_directory(target)
         try:
             os.rename(target, retired)
             os.rename(staging, target)

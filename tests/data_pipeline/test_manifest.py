@@ -54,7 +54,8 @@ def test_stale_staging_and_old_directories_are_removed_only_for_their_target(tmp
     (tmp_path / ".out.tmp-fedcba98").write_text("a file, not ours")
     live = tmp_path / ".out.tmp-cafebabe"
     live.mkdir()
-    held = manifest_lib._try_lock(live)  # as a running preprocess holds its staging directory
+    # As a running preprocess holds its staging directory:
+    held = manifest_lib.try_lock_directory(live)
     assert held is not None
     messages = []
     try:

@@ -307,52 +307,6 @@ def load_manifest_splits(manifest):
     return json.loads(json.dumps(manifest["splits"]))
 
 
-WORKER_SCRIPT = r"""
-import multiprocessing, os, sys, time
-from data_pipeline import preprocess, tokenization
-backend, info = tokenization.prepare_tokenizer(sys.argv[1], word_boundary_marker="auto",
-                                               input_format="char")
-pool = multiprocessing.get_context("spawn").Pool(
-    2, initializer=preprocess._init_worker,
-    initargs=(backend.to_str(), info.to_json(), os.getpid()))
-print(" ".join(str(worker.pid) for worker in pool._pool), flush=True)
-pool.map(abs, range(8))  # the workers have run their initializer
-pool.map_async(time.sleep, [60, 60], chunksize=1)  # busy, as when writing a shard
-time.sleep(1)
-print("ready", flush=True)
-time.sleep(600)
-"""
-
-
-def test_pool_workers_die_with_a_killed_parent(tmp_path, bert_chinese_dir):
-    """SIGKILL leaves no chance to terminate the pool: the workers must go by themselves."""
-    import signal
-
-    import psutil
-
-    parent = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(bert_chinese_dir)],
-                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-                              stdout=subprocess.PIPE, text=True)
-    pids = []
-    try:
-        pids = [int(pid) for pid in parent.stdout.readline().split()]
-        assert parent.stdout.readline().strip() == "ready"
-        workers = [psutil.Process(pid) for pid in pids]
-        assert len(workers) == 2 and all(w.is_running() for w in workers)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=30)
-        _, alive = psutil.wait_procs(workers, timeout=10)
-        assert alive == [], f"workers {[w.pid for w in alive]} outlived their killed parent"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-        for pid in pids:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 def test_progress_line_per_shard(tmp_path, bert_chinese_dir):
     """Writing shards says what it will do, then one line per finished shard up to 100%."""
     train = write(tmp_path, "train.txt", GOOD_TRAIN + "李 O\n四 I-PER\n\n")
@@ -365,28 +319,3 @@ def test_progress_line_per_shard(tmp_path, bert_chinese_dir):
         "preprocessing: 1/2 shards, 2/3 sentences (67%)",
         "preprocessing: 2/2 shards, 3/3 sentences (100%)"]
     assert "ETA" in progress[1] and "ETA" not in progress[2]
-
-
-def _kill_own_process_on_3(job):
-    """A pool job that dies as the out-of-memory killer would kill it (SIGKILL) on job 3."""
-    import signal
-
-    if job == 3:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return job
-
-
-def test_a_killed_worker_is_an_error_not_a_hang():
-    """multiprocessing.Pool replaces a killed worker and waits for its job forever; the pool
-    preprocessing uses reports it."""
-    import concurrent.futures
-    import multiprocessing
-
-    from data_pipeline import preprocess as preprocess_module
-
-    with concurrent.futures.ProcessPoolExecutor(
-            2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        assert sorted(preprocess_module._run(abs, [-1, -2, 3], pool)) == [1, 2, 3]
-        with pytest.raises(preprocess_module.WorkerDiedError,
-                           match="worker process died .*out-of-memory"):
-            preprocess_module._run(_kill_own_process_on_3, list(range(6)), pool)

@@ -1,0 +1,77 @@
+"""Preprocessing's worker processes: a killed worker is an error, a killed parent ends them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from data_pipeline.workers import WorkerDiedError, run_jobs
+
+WORKER_SCRIPT = r"""
+import multiprocessing, os, sys, time
+from data_pipeline import shard_writer, tokenization
+backend, info = tokenization.prepare_tokenizer(sys.argv[1], word_boundary_marker="auto",
+                                               input_format="char")
+pool = multiprocessing.get_context("spawn").Pool(
+    2, initializer=shard_writer.init_worker,
+    initargs=(backend.to_str(), info.to_json(), os.getpid()))
+print(" ".join(str(worker.pid) for worker in multiprocessing.active_children()), flush=True)
+pool.map(abs, range(8))  # the workers have run their initializer
+pool.map_async(time.sleep, [60, 60], chunksize=1)  # busy, as when writing a shard
+time.sleep(1)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path, bert_chinese_dir):
+    """SIGKILL leaves no chance to terminate the pool: the workers must go by themselves."""
+    import signal
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(bert_chinese_dir)],
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                              stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert parent.stdout.readline().strip() == "ready"
+        workers = [psutil.Process(pid) for pid in pids]
+        assert len(workers) == 2 and all(w.is_running() for w in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert alive == [], f"workers {[w.pid for w in alive]} outlived their killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in pids:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _kill_own_process_on_3(job):
+    """A pool job that dies as the out-of-memory killer would kill it (SIGKILL) on job 3."""
+    import signal
+
+    if job == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return job
+
+
+def test_a_killed_worker_is_an_error_not_a_hang():
+    """multiprocessing.Pool replaces a killed worker and waits for its job forever; the pool
+    preprocessing uses reports it."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert sorted(run_jobs(abs, [-1, -2, 3], pool)) == [1, 2, 3]
+        with pytest.raises(WorkerDiedError,
+                           match="worker process died .*out-of-memory"):
+            run_jobs(_kill_own_process_on_3, list(range(6)), pool)
