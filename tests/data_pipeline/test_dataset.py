@@ -1,4 +1,4 @@
-"""Tests of the tf.data input pipeline (data_pipeline.dataset) on small synthetic shards."""
+"""Tests of the tf.data input pipeline (`dataset`, `batching`) on small synthetic shards."""
 
 import hashlib
 import json
@@ -9,9 +9,9 @@ import pytest
 
 import data_pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
-from data_pipeline import dataset as dataset_module
-from data_pipeline.dataset import (ShardError, bucket_boundaries, make_dataset,
-                                   padding_share)
+from data_pipeline import batching
+from data_pipeline.batching import bucket_boundaries
+from data_pipeline.dataset import ShardError, make_dataset, padding_share
 from data_pipeline.records import encode_example
 from data_pipeline.tags import IGNORE_ID
 
@@ -97,9 +97,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of ~64 records, so the few hundred test records span several chunks."""
-    monkeypatch.setattr(dataset_module, "_CHUNK_RECORDS_BATCH_SIZE", 64)
-    monkeypatch.setattr(dataset_module, "_MIN_BATCHES_PER_CHUNK", 2)
-    monkeypatch.setattr(dataset_module, "_CHUNK_RECORDS_TOKEN_BUDGET", 96)
+    monkeypatch.setattr(batching, "CHUNK_RECORDS_BATCH_SIZE", 64)
+    monkeypatch.setattr(batching, "MIN_BATCHES_PER_CHUNK", 2)
+    monkeypatch.setattr(batching, "CHUNK_RECORDS_TOKEN_BUDGET", 96)
 
 
 def collect(dataset) -> list[dict]:
