@@ -19,7 +19,6 @@ next run opens the directory.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -33,8 +32,8 @@ from typing import Callable
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer.run_dir import (BEST_DIR, BEST_FILE, CHECKPOINT_DIR, CONFIG_FILE,
-                             RunDirectoryError, read_best, write_best)
+from trainer.run_dir import (BEST_DIR, BEST_FILE, CHECKPOINT_DIR, RunDirectoryError, read_best,
+                             write_best)
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, *,
@@ -49,18 +48,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, 
         --resume_mismatched was given.
     """
     run_dir = pathlib.Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
     if config.overwrite and is_chief and run_dir.exists():
         shutil.rmtree(run_dir)
-    resuming = config_path.is_file()
-    if resuming:
-        old = json.loads(config_path.read_text())
-        differences = config_lib.config_differences(old, config.to_dict())
-        if differences and not config.resume_mismatched:
-            raise RunDirectoryError(
-                f"{run_dir} was created with a different config ({'; '.join(differences)}). "
-                "Use another --run_dir, --overwrite to start afresh, or --resume_mismatched to "
-                "continue it with the new config.")
+    try:
+        differences = config_lib.run_dir_differences(config, run_dir)
+    except config_lib.ConfigError as error:
+        raise RunDirectoryError(str(error)) from None
+    resuming = differences is not None
+    if differences and not config.resume_mismatched:
+        raise RunDirectoryError(config_lib.different_run_message(run_dir, differences))
     if is_chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.write_config(config, run_dir)

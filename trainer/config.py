@@ -436,36 +436,55 @@ def _check_manifest(path: str) -> None:
                           f"{sorted(manifest['splits'])}); training needs train, dev and test")
 
 
-def check_run_dir(config: TrainConfig) -> None:
-    """Refuses, before TensorFlow is imported, a run directory that holds a different run.
+def run_dir_differences(config: TrainConfig, run_dir: str | os.PathLike | None = None
+                        ) -> list[str] | None:
+    """Is RUN_DIR (default: config.run_dir) this run? The one place that decides it.
 
-    The same rule as `checkpointing.prepare_run_dir` (which checks again once the precision is
-    resolved): a config.json whose run-defining fields differ, unless --overwrite or
-    --resume_mismatched. With --mixed_precision=auto the precision is only known after
-    TensorFlow sees the hardware, so it is left to that later check.
+    Returns:
+      None when RUN_DIR holds no run (no config.json); else '--name: old -> new' for every
+      run-defining field that differs (fields outside RUN_CONTROL_FIELDS), [] for the same run.
+      With --mixed_precision=auto the precision is left out: it is known only once TensorFlow
+      sees the hardware, and the trainer asks again with the resolved one.
 
     Raises:
-      ConfigError: naming the differing flags, or an unreadable config.json.
+      ConfigError: config.json exists but cannot be read as a JSON object.
     """
-    path = pathlib.Path(config.run_dir) / CONFIG_FILE
-    if config.overwrite or config.resume_mismatched or not path.is_file():
-        return
+    run_dir = config.run_dir if run_dir is None else run_dir
+    path = pathlib.Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(old, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
-        raise ConfigError(f"--run_dir={config.run_dir!r}: cannot read {path} ({error}); use "
+        raise ConfigError(f"--run_dir={str(run_dir)!r}: cannot read {path} ({error}); use "
                           f"another --run_dir, or --overwrite to start afresh") from None
     ignored = set(RUN_CONTROL_FIELDS)
     if config.mixed_precision == "auto":
         ignored.add("mixed_precision")
-    differences = config_differences(old, config.to_dict(), ignored=ignored)
+    return config_differences(old, config.to_dict(), ignored=ignored)
+
+
+def different_run_message(run_dir: str | os.PathLike, differences: list[str]) -> str:
+    """What to say when RUN_DIR holds a run with a different config."""
+    return (f"--run_dir={str(run_dir)!r} was created with a different config "
+            f"({'; '.join(differences)}). Use another --run_dir, --overwrite to start afresh, "
+            f"or --resume_mismatched to continue it with the new config.")
+
+
+def check_run_dir(config: TrainConfig) -> None:
+    """Refuses, before TensorFlow is imported, a run directory that holds a different run
+    (`run_dir_differences`), unless --overwrite or --resume_mismatched.
+
+    Raises:
+      ConfigError: naming the differing flags, or an unreadable config.json.
+    """
+    if config.overwrite or config.resume_mismatched:
+        return
+    differences = run_dir_differences(config)
     if differences:
-        raise ConfigError(f"--run_dir={config.run_dir!r} was created with a different config "
-                          f"({'; '.join(differences)}). Use another --run_dir, --overwrite to "
-                          f"start afresh, or --resume_mismatched to continue it with the new "
-                          f"config.")
+        raise ConfigError(different_run_message(config.run_dir, differences))
 
 
 def config_differences(old: dict, new: dict, *,
