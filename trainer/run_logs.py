@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pathlib
 
-from trainer import summaries, train_log, variables_report
+from trainer import event_truncation, summaries, train_log, variables_report
 from trainer.run_dir import TRAIN_LOG
 
 
@@ -62,7 +62,7 @@ class RunLogs:
             self.writer = None
         (self.run_dir / (TRAIN_LOG + ".tmp")).unlink(missing_ok=True)
         self.records = train_log.truncate_train_log(self.path, max(last_logged, 0))
-        summaries.truncate_event_files(self.run_dir, last_event)
+        event_truncation.truncate_event_files(self.run_dir, last_event)
         self.writer = summaries.SummaryWriter(str(self.run_dir))
         self.writer.restart(last_event + 1)
 

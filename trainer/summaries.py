@@ -39,15 +39,10 @@ import numpy as np
 from data_pipeline.manifest import strict_json_dumps
 from trainer import evaluation
 from trainer.event_layout import split_name
-# truncate_event_files and RunEvents are imported by callers from here too (trainer/loop.py,
-# tests); their home is their own module.
-from trainer.event_truncation import truncate_event_files
 from trainer.heatmap import CONSTRAINT_MAGNITUDE, color_scale, render_heatmap
-from trainer.run_events import RunEvents
 from trainer.summary_markdown import examples_markdown
 
-__all__ = ["DEFAULT_HPARAM_METRICS", "RunEvents", "SummaryWriter", "flatten_config",
-           "truncate_event_files"]
+__all__ = ["DEFAULT_HPARAM_METRICS", "SummaryWriter", "flatten_config"]
 
 # Evaluation scalars the HParams dashboard shows as columns.
 DEFAULT_HPARAM_METRICS = ("dev/f1", "dev/precision", "dev/recall", "dev/loss",
@@ -142,7 +137,7 @@ class SummaryWriter:
                    lr_by_group: Mapping[str, Any] | None = None,
                    grad_norm_by_group: Mapping[str, Any] | None = None,
                    loss_scale: Any = None, tokens_per_s: Any = None,
-                   windows_per_s: Any = None, *, sentences_per_s: Any = None) -> None:
+                   windows_per_s: Any = None) -> None:
         """Writes the training scalars of one logged step into train/.
 
         Args:
@@ -154,17 +149,7 @@ class SummaryWriter:
           loss_scale: the fp16 dynamic loss scale; None (no loss scaling) writes nothing.
           tokens_per_s, windows_per_s: throughput (a sentence longer than the model's window
             is several windows); None writes nothing.
-          sentences_per_s: the former name of `windows_per_s`, accepted until trainer/loop.py
-            passes `windows_per_s`; written as "windows_per_s".
-
-        Raises:
-          TypeError: both `windows_per_s` and `sentences_per_s` are given.
         """
-        if sentences_per_s is not None:
-            if windows_per_s is not None:
-                raise TypeError("train_step: give windows_per_s (sentences_per_s is its former "
-                                "name), not both")
-            windows_per_s = sentences_per_s
         values = {"train/loss": loss, "train/loss_scale": loss_scale,
                   "train/tokens_per_s": tokens_per_s, "train/windows_per_s": windows_per_s}
         for group, lr in (lr_by_group or {}).items():

@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_testing as tt
-from trainer import cache, checkpointing, config as config_lib, summaries
+from trainer import cache, checkpointing, config as config_lib, run_events
 from trainer.loop import train_and_evaluate
 
 
 def scalar_tags(run_dir):
-    accumulator = summaries.RunEvents(run_dir)  # RUN_DIR and its split directories
+    accumulator = run_events.RunEvents(run_dir)  # RUN_DIR and its split directories
     return accumulator, set(accumulator.Tags()["tensors"])
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from data_pipeline.dataset import ShardError
 from data_pipeline.manifest import load_manifest
 from tests import trainer_testing as tt
-from trainer import cache, checkpointing, summaries, train_log
+from trainer import cache, checkpointing, event_truncation, run_events, summaries, train_log
 
 
 def strict_loads(text):
@@ -173,7 +173,7 @@ def test_train_log_keeps_each_step_once(tmp_path):
 
 
 def tensor_steps(logdir):
-    accumulator = summaries.RunEvents(logdir)  # RUN_DIR and its split directories
+    accumulator = run_events.RunEvents(logdir)  # RUN_DIR and its split directories
     return {tag: [e.step for e in accumulator.Tensors(tag)]
             for tag in accumulator.Tags()["tensors"]}
 
@@ -191,14 +191,14 @@ def test_event_files_hold_each_step_once_after_a_resume_and_a_recovery(tmp_path)
     with open(first, "ab") as stream:
         stream.write(b"\x10\x00\x00")  # a record the kill cut short
     # The resumed attempt redoes 5..8 (a new file); a recovery then restores step 6.
-    assert summaries.truncate_event_files(tmp_path, 4) == 4
+    assert event_truncation.truncate_event_files(tmp_path, 4) == 4
     with summaries.SummaryWriter(tmp_path) as writer:
         writer.restart(5)
         for step in range(5, 9):
             writer.scalars(step, {"train/loss": 2.0 / step})
         writer.scalars(6, {"dev/f1": 0.7})
     untouched = first.stat().st_mtime_ns
-    assert summaries.truncate_event_files(tmp_path, 6) == 2
+    assert event_truncation.truncate_event_files(tmp_path, 6) == 2
     assert first.stat().st_mtime_ns == untouched
     with summaries.SummaryWriter(tmp_path) as writer:
         writer.restart(7)
@@ -208,14 +208,14 @@ def test_event_files_hold_each_step_once_after_a_resume_and_a_recovery(tmp_path)
                   if p.is_file() and "tfevents" not in p.name) == []
     steps = tensor_steps(tmp_path)
     assert steps == {"hparams_like": [0], "train/loss": [1, 2, 3, 4, 5, 6, 7], "dev/f1": [4, 6]}
-    accumulator = summaries.RunEvents(tmp_path)
+    accumulator = run_events.RunEvents(tmp_path)
     values = {e.step: float(tf.make_ndarray(e.tensor_proto))
               for e in accumulator.Tensors("train/loss")}
     assert values[5] == pytest.approx(2.0 / 5) and values[7] == pytest.approx(3.0 / 7)
     assert float(tf.make_ndarray(accumulator.Tensors("dev/f1")[-1].tensor_proto)) == \
         pytest.approx(0.7)
     # Restarting from scratch drops every summary; files left without one are deleted.
-    summaries.truncate_event_files(tmp_path, -1)
+    event_truncation.truncate_event_files(tmp_path, -1)
     assert list(tmp_path.rglob("events.out.tfevents.*")) == []
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from data_pipeline.dataset import ShardError
 from tests import trainer_testing as tt
-from trainer import checkpointing, config as config_lib, evaluation, summaries
+from trainer import checkpointing, config as config_lib, evaluation, run_events
 from trainer.step_runner import StepRunner
 from trainer.loop import train_and_evaluate
 
@@ -56,7 +56,7 @@ def assert_all_finite(run_dir):
 
 
 def event_steps(run_dir):
-    accumulator = summaries.RunEvents(run_dir)  # RUN_DIR and its split directories
+    accumulator = run_events.RunEvents(run_dir)  # RUN_DIR and its split directories
     return {tag: [e.step for e in accumulator.Tensors(tag)]
             for tag in accumulator.Tags()["tensors"]}
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_testing as tt
-from trainer import summaries
+from trainer import run_events
 from trainer.loop import train_and_evaluate
 
 ENCODER_GROUPS = ["embeddings", "encoder_layer_0", "encoder_layer_1"]  # TINY_BERT: 2 layers
@@ -93,7 +93,7 @@ def test_frozen_run_says_what_trains_and_reports_progress(tiny, tmp_path):
     assert messages.index(table) < tracing
 
     # TensorBoard: the table as text, and each frozen group's learning rate, 0, once.
-    events = summaries.RunEvents(run_dir)
+    events = run_events.RunEvents(run_dir)
     [text] = events.Tensors("variables")
     markdown = tf.make_ndarray(text.tensor_proto).item().decode("utf-8")
     assert "| encoder_layer_1 |" in markdown and "**frozen**" in markdown
@@ -148,7 +148,7 @@ def test_finetune_run_says_the_encoder_trains(tiny, tmp_path):
     assert data["totals"]["frozen"] == 0
     # No feature cache for a trained encoder, and no frozen learning rate at step 0.
     assert not any(m.startswith("feature cache") for m in messages)
-    events = summaries.RunEvents(run_dir)
+    events = run_events.RunEvents(run_dir)
     lr = events.Tensors("train/lr/encoder_layer_0")
     assert [e.step for e in lr] == [3, 4]  # logged steps only (linear decay: 0 at the end)
     assert float(tf.make_ndarray(lr[0].tensor_proto)) > 0

@@ -6,12 +6,12 @@ import json
 import pytest
 
 from tests import trainer_testing as tt
-from trainer import config as config_lib, summaries
+from trainer import config as config_lib, run_events
 from trainer.loop import train_and_evaluate
 
 
 def dev_f1_steps(run_dir):
-    accumulator = summaries.RunEvents(run_dir)  # RUN_DIR/dev holds dev's tags
+    accumulator = run_events.RunEvents(run_dir)  # RUN_DIR/dev holds dev's tags
     return [event.step for event in accumulator.Tensors("dev/f1")]
 
 

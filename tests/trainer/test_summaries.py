@@ -249,15 +249,3 @@ def test_optional_scalars_are_skipped(tmp_path):
     assert sorted(accumulator.Tags()["tensors"]) == ["train/loss", "train/lr/head"]
     assert [tf.make_ndarray(e.tensor_proto).item() for e in accumulator.Tensors("train/loss")] == [
         0.5, 0.25]
-
-
-def test_windows_per_s_under_its_former_name(tmp_path):
-    """trainer/loop.py may still pass `sentences_per_s=`: it is written as windows_per_s."""
-    with summaries.SummaryWriter(tmp_path) as writer:
-        writer.train_step(1, 0.5, sentences_per_s=40.0)
-        with pytest.raises(TypeError, match="not both"):
-            writer.train_step(2, 0.5, windows_per_s=1.0, sentences_per_s=1.0)
-    accumulator = load_events(tmp_path)
-    assert sorted(accumulator.Tags()["tensors"]) == ["train/loss", "train/windows_per_s"]
-    [event] = accumulator.Tensors("train/windows_per_s")
-    assert event.step == 1 and tf.make_ndarray(event.tensor_proto) == 40.0
