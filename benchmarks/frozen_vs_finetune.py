@@ -214,6 +214,8 @@ def read_run_dir(entry: dict[str, Any], run_dir: pathlib.Path) -> dict[str, Any]
         config = json.loads((run_dir / "config.json").read_text())
         steps = int(results["step"])
         steps_per_epoch = int(results["total_steps"]) / max(int(config["epochs"]), 1)
+        if "schedule" in results:  # since the schedule plan (--min_train_steps) is recorded
+            steps_per_epoch = int(results["schedule"]["steps_per_epoch"])
         epochs = steps / steps_per_epoch
         padded = None
     else:
@@ -357,20 +359,28 @@ def main(argv=None) -> int:
             raise ReportError(f"{entry['label']}: no archive {archive} and no run directory "
                               f"{run_dir} to make it from (run: {entry['command']})")
         runs.append(read_run_dir(entry, archive))
-    document_path = pathlib.Path(args.document)
+    return write_page(pathlib.Path(args.document), tables(runs), runs, check=args.check,
+                      plot_path=args.plot, draw=plot, begin=BEGIN, end=END,
+                      command="python benchmarks/frozen_vs_finetune.py")
+
+
+def write_page(document_path: pathlib.Path, generated: str, runs: list[dict[str, Any]], *,
+               check: bool, plot_path: str, draw, begin: str, end: str, command: str) -> int:
+    """Puts `generated` between the document's markers and writes it with its plot (`draw`),
+    or with `check` only compares; returns the exit status (1: the document differs)."""
     document = document_path.read_text(encoding="utf-8")
-    updated = render(document, tables(runs))
-    if args.check:
+    updated = render(document, generated, begin, end)
+    if check:
         if updated != document:
             print(f"{document_path} differs from what the runs give; regenerate it with "
-                  f"python benchmarks/frozen_vs_finetune.py", file=sys.stderr)
+                  f"{command}", file=sys.stderr)
             return 1
         print(f"{document_path} matches its {len(runs)} runs")
         return 0
     document_path.write_text(updated, encoding="utf-8")
-    if args.plot:
-        plot(runs, pathlib.Path(args.plot))
-    print(f"wrote {document_path} {args.plot} from {len(runs)} runs")
+    if plot_path:
+        draw(runs, pathlib.Path(plot_path))
+    print(f"wrote {document_path} {plot_path} from {len(runs)} runs")
     return 0
 
 

@@ -11,6 +11,7 @@ best checkpoint, writes results.json and exports.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -208,7 +209,8 @@ class Controller:
         """
         state = self.state
         step = int(state.step.numpy())
-        results: dict[str, Any] = {"step": step, "total_steps": state.schedule.total_steps}
+        results: dict[str, Any] = {"step": step, "total_steps": state.schedule.total_steps,
+                                   "schedule": dataclasses.asdict(state.schedule)}
         if self.early_stopped_at is not None:
             results["early_stopped_at"] = self.early_stopped_at
         if not state.chief:
