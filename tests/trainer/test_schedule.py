@@ -4,9 +4,11 @@ early stopping on dev F1 with a patience (kept across a resume)."""
 import json
 
 import pytest
+import tensorflow as tf
 
 from tests import trainer_testing as tt
 from trainer import config as config_lib, run_events
+from trainer.evaluator import Evaluator
 from trainer.loop import train_and_evaluate
 
 
@@ -31,9 +33,22 @@ def test_eval_every_epochs_follows_the_corpus_size(tiny, tmp_path):
     assert dev_f1_steps(run_dir) == [every, 2 * every, 2 * every + 1]
 
 
-def test_early_stopping_stops_after_patience_evaluations_without_progress(tiny, tmp_path):
+def never_improving_dev_f1(monkeypatch):
+    """Every evaluation's dev F1 reads 0.5 (the real one, written to the events, is that of a
+    barely trained model: 0.0 here); early stopping sees a run that never improves."""
+    original = Evaluator.evaluate
+
+    def evaluate(self, split, step, **kwargs):
+        metrics = original(self, split, step, **kwargs)
+        return dict(metrics, f1=0.5) if split == "dev" else metrics
+
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_progress(
+        tiny, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    # A learning rate this small cannot move dev F1: the first evaluation stays the best.
+    never_improving_dev_f1(monkeypatch)
     config = tt.make_config(tiny, run_dir, head_learning_rate=1e-12, crf_learning_rate=1e-12,
                             eval_every=2, early_stopping_patience=2, train_steps=40)
     results = train_and_evaluate(config)
@@ -46,6 +61,20 @@ def test_early_stopping_stops_after_patience_evaluations_without_progress(tiny, 
     again = train_and_evaluate(config)
     assert again["step"] == 6 and again["early_stopped_at"] == 6
     assert dev_f1_steps(run_dir) == [2, 4, 6]  # its final evaluation replaced the earlier one
+
+
+def test_all_o_evaluations_do_not_stop_the_run_early(tiny, tmp_path):
+    """A tagger that predicts only O (dev F1 0.0 at every evaluation: a learning rate too small
+    to move it) has no F1 to improve on: patience waits for the first entity, and the run
+    trains its whole schedule."""
+    run_dir = tmp_path / "run"
+    config = tt.make_config(tiny, run_dir, head_learning_rate=1e-12, crf_learning_rate=1e-12,
+                            eval_every=2, early_stopping_patience=2, train_steps=10)
+    results = train_and_evaluate(config)
+    assert "early_stopped_at" not in results and results["step"] == 10
+    events = run_events.RunEvents(run_dir).Tensors("dev/f1")
+    assert [event.step for event in events] == [2, 4, 6, 8, 10]
+    assert all(float(tf.make_ndarray(event.tensor_proto)) == 0.0 for event in events)
 
 
 def test_early_stopping_needs_evaluations(tiny, tmp_path):
