@@ -23,7 +23,7 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import models  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import models  # noqa: E402,F401  (chooses Keras 2 for tf.keras: models/__init__.py)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

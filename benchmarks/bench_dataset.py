@@ -21,7 +21,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data_pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from data_pipeline.dataset import make_dataset, padding_share  # noqa: E402
 from data_pipeline.manifest import load_manifest  # noqa: E402
 

@@ -160,7 +160,6 @@ def arm_child(fault: str, count: int) -> None:
 def child_main() -> None:
     fault, count = os.environ.pop(CHILD_ENV).split(":")
     sys.path.insert(0, str(REPO))
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from trainer import main  # defines the flags
 
     arm_child(fault, int(count))
@@ -181,7 +180,7 @@ def run_trainer(flags: list[str], *, fault: str | None = None, count: int = 0,
     signal_after_logs: send `signal_number` once train_log.jsonl holds that many more lines
     than at the start (plus a random delay of up to 0.3 s).
     """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-m", "trainer.main", *flags]
     if fault:
         env[CHILD_ENV] = f"{fault}:{count}"

@@ -68,14 +68,13 @@ import time
 import weakref
 from typing import Any, Sequence
 
-# transformers' TF models are Keras 2 (tf-keras) models: this must be set before TensorFlow is
-# imported (see BUILD.md). Never `import keras`.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+# transformers' TF models are Keras 2 (tf-keras) models: `models` chooses Keras 2 for tf.keras
+# before anything here touches it (models/__init__.py, BUILD.md). Never `import keras`.
+import models  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402

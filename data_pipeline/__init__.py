@@ -1,8 +1,1 @@
 """Corpus reading, label alignment, TFRecord shards + manifest, and the tf.data input pipeline."""
-
-import os
-
-# transformers' TensorFlow models are Keras 2 models (tf-keras). TensorFlow picks Keras 2 or 3 the
-# first time `tf.keras` is touched, so this must be set before anything imports TensorFlow.
-# With Keras 3, mixed precision silently leaves BERT in float32. See BUILD.md.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"

@@ -2,9 +2,11 @@
 
 import os
 
-# transformers' TensorFlow models are Keras 2 models (tf-keras). TensorFlow picks Keras 2 or 3 the
-# first time `tf.keras` is touched, so this must be set before anything imports TensorFlow.
-# With Keras 3, mixed precision silently leaves BERT in float32. See BUILD.md.
+# The one place that chooses Keras 2 (tf-keras) for `tf.keras`: transformers' TensorFlow models
+# are Keras 2 models, and with Keras 3 mixed precision silently leaves BERT in float32 (BUILD.md).
+# TensorFlow reads this when `tf.keras` is first touched (not when TensorFlow is imported), so it
+# only has to come before that: trainer/ imports this package first; data_pipeline/ and serving/
+# never touch tf.keras; scripts that do import `models` before they do.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from models.config import TaggerConfig  # noqa: E402

@@ -13,21 +13,15 @@ needs neither the training stack nor the run directory. Export directories are w
 `trainer.export`.
 """
 
-import os
-
-# As in the other packages (see BUILD.md): TensorFlow, imported lazily here, must see this before
-# anything imports it.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
-from serving.export_format import (  # noqa: E402
+from serving.export_format import (
                                    EMPTY_LINE, EXPORT_FORMAT_VERSION, EXPORT_MANIFEST,
                                    INPUT_FORMATS, LABEL_MAP_FILE, MAX_LINE_CHARS, NORMALISED_AWAY,
                                    PREPROCESSING_FILE, SEPARATORS, SIGNATURE, SIGNATURE_NAME,
                                    TEXT_SIGNATURE, TEXT_SIGNATURE_NAME, TOKENIZER_FILE,
                                    TOKENIZER_INFO_FILE, ExportError, ExportSettings, read_export,
                                    read_json)
-from serving.line_encoder import EncodedLine, LineEncoder, split_line  # noqa: E402
-from serving.predictor import LinePrediction, Predictor, entities_of  # noqa: E402
+from serving.line_encoder import EncodedLine, LineEncoder, split_line
+from serving.predictor import LinePrediction, Predictor, entities_of
 
 __all__ = [
     "EMPTY_LINE", "EXPORT_FORMAT_VERSION", "EXPORT_MANIFEST", "INPUT_FORMATS", "LABEL_MAP_FILE",

@@ -166,15 +166,24 @@ def private_uses(source: str, filename: str = "<source>") -> list[str]:
         if (isinstance(node, ast.Attribute) and private(node.attr)
                 and isinstance(node.value, ast.Name) and node.value.id in modules):
             found.append(f"{filename}:{node.lineno}: {node.value.id}.{node.attr}")
-    return found
+        # setattr(module, "_x", ...), monkeypatch.setattr(module, "_x", ...)
+        if (isinstance(node, ast.Call) and len(node.args) >= 2
+                and (getattr(node.func, "id", None) == "setattr"
+                     or getattr(node.func, "attr", None) == "setattr")
+                and isinstance(node.args[0], ast.Name) and node.args[0].id in modules
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str) and private(node.args[1].value)):
+            found.append(f"{filename}:{node.lineno}: {node.args[0].id}.{node.args[1].value}")
+    return sorted(found, key=lambda line: int(line.split(":")[1]))
 
 
 def test_the_private_name_finder_finds_both_forms():
     source = ("import os\nimport trainer.loop as loop\nfrom trainer import export\n"
               "from data_pipeline.corpus import _SCHEME, PUBLIC\n"
-              "def f(bar):\n    export._save(loop.__name__, bar._filter)\n    os._exit(1)\n")
+              "def f(bar, monkeypatch):\n    export._save(loop.__name__, bar._filter)\n"
+              "    os._exit(1)\n    monkeypatch.setattr(loop, '_LIMIT', 1)\n")
     assert private_uses(source, "x.py") == ["x.py:4: from data_pipeline.corpus import _SCHEME",
-                                            "x.py:6: export._save"]
+                                            "x.py:6: export._save", "x.py:8: loop._LIMIT"]
 
 
 def test_no_private_name_is_imported_from_another_module():

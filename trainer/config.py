@@ -13,6 +13,10 @@ Paths given as `../shared/...` (the read-only corpora and models) resolve agains
 `$TAGGER_SHARED_DIR` when it is set, else against the repository root, so a command works from
 any directory. Other relative input paths resolve against the repository root too; the outputs
 (`--run_dir`, `--data_cache_dir`) resolve against the current directory.
+
+Why one file of about 500 lines: most of it is the declaration itself, one field per setting,
+and the point of it is that every setting is declared in one place; the validation of their
+combinations and the run-directory check read those fields and belong beside them.
 """
 
 from __future__ import annotations

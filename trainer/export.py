@@ -49,9 +49,7 @@ import sys
 import uuid
 from typing import Callable
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
-
-from absl import flags  # noqa: E402
+from absl import flags
 
 # TensorFlow, transformers and the model code are imported inside the functions that use them, on
 # purpose: a bad flag or run directory is reported in a second, before they load.

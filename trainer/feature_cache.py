@@ -29,7 +29,7 @@ at any moment restarts at the first unfinished shard; only the complete director
 
 Size: float16 x real tokens x F. People's Daily proxy train (1.95 M tokens) with the last-4
 concat of a 384-wide encoder (F = 1536) is about 5.7 GiB; `--hidden_layers=last` (F = 384) about
-1.4 GiB. Memory stays bounded: shards are built in blocks of `_BLOCK_WINDOWS` windows and read
+1.4 GiB. Memory stays bounded: shards are built in blocks of `BLOCK_WINDOWS` windows and read
 back as a stream (the training shuffle buffer holds `--shuffle_buffer` records).
 """
 
@@ -53,7 +53,7 @@ from data_pipeline.records import FEATURES_KEY, append_bytes_feature, feature_sp
 FORMAT_VERSION = 1
 PAYLOAD_DTYPE = "float16"
 FEATURES_SUBDIR = "features"
-_BLOCK_WINDOWS = 1024  # windows read, encoded (sorted by length) and written together
+BLOCK_WINDOWS = 1024  # windows read, encoded (sorted by length) and written together
 _BATCH_TOKENS = 8192  # padded tokens per encoder call while building
 _FLOAT16_MAX = 65504.0
 
@@ -158,7 +158,7 @@ def _build_shard(encode, source: pathlib.Path, compression: str, target: pathlib
     partial = target.with_name(target.name + ".partial")
     records = tf.data.TFRecordDataset(str(source), compression_type=compression)
     with tf.io.TFRecordWriter(str(partial)) as writer:
-        for block in records.batch(_BLOCK_WINDOWS):
+        for block in records.batch(BLOCK_WINDOWS):
             serialized = [bytes(x) for x in block.numpy()]
             for record in _encode_block(encode, serialized, pad_token_id, on_batch):
                 writer.write(record)

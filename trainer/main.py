@@ -9,14 +9,11 @@ status 1, never a traceback. Flags, input paths, `--manifest` and the run direct
 checked before TensorFlow is imported.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from trainer import config as config_lib  # noqa: E402
+from trainer import config as config_lib
 
 config_lib.define_flags()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import hf_reference  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+from benchmarks import hf_reference  # imports models, which chooses Keras 2 for tf.keras
 
 
 @pytest.fixture(scope="module")

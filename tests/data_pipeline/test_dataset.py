@@ -6,9 +6,8 @@ import pathlib
 
 import numpy as np
 import pytest
-
-import data_pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
+
 from data_pipeline import batching
 from data_pipeline.batching import bucket_boundaries
 from data_pipeline.dataset import ShardError, make_dataset, padding_share

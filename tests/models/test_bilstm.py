@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import models  # noqa: F401  (chooses Keras 2 for tf.keras: models/__init__.py)
 import tensorflow as tf  # noqa: E402
 
 from models.bilstm import MaskedBiLSTM  # noqa: E402

@@ -6,7 +6,7 @@ All on a tiny random BERT (2 layers, hidden 32) so the file runs in well under a
 import numpy as np
 import pytest
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import models  # noqa: F401  (chooses Keras 2 for tf.keras: models/__init__.py)
 import tensorflow as tf  # noqa: E402
 
 from data_pipeline.tags import iob2_allowed_transitions  # noqa: E402

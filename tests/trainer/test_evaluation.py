@@ -1,22 +1,19 @@
 """Tests for trainer.evaluation: entity scores == seqeval strict IOB2, merging, evaluate()."""
 
-import os
 import random
 import warnings
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from seqeval.metrics import (classification_report, f1_score, precision_score,  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+from seqeval.metrics import (classification_report, f1_score, precision_score,
                              recall_score)
-from seqeval.scheme import IOB2, Entities  # noqa: E402
+from seqeval.scheme import IOB2, Entities
 
-import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
-from data_pipeline.tags import extract_entities  # noqa: E402
-from data_pipeline.windows import merge_window_predictions  # noqa: E402
-from trainer import evaluation  # noqa: E402
+import trainer  # noqa: F401  (models/__init__.py chooses Keras 2 before tf.keras is used)
+from data_pipeline.tags import extract_entities
+from data_pipeline.windows import merge_window_predictions
+from trainer import evaluation
 
 
 def _split_cpu_in_two() -> None:

@@ -135,13 +135,12 @@ def test_a_change_of_layers_or_weights_builds_a_new_cache(tiny, tmp_path):
 
 _KILL_SCRIPT = """
 import os, signal, sys
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 sys.path.insert(0, {repo!r})
 from data_pipeline.manifest import load_manifest
 from tests.trainer.test_feature_cache import build_tiny_tagger
 from trainer import feature_cache
 
-feature_cache._BLOCK_WINDOWS = 40
+feature_cache.BLOCK_WINDOWS = 40
 kill_after = int(sys.argv[1])
 blocks = 0
 
@@ -171,7 +170,7 @@ def test_a_killed_build_is_never_read_as_complete_and_restarts(tiny, tmp_path, k
     (the script kills itself when the test split's first block is written)."""
     _, manifest_dir, _ = tiny
     # The killed script's block size: batches of other sizes round the last bits differently.
-    monkeypatch.setattr(feature_cache, "_BLOCK_WINDOWS", 40)
+    monkeypatch.setattr(feature_cache, "BLOCK_WINDOWS", 40)
     manifest = load_manifest(manifest_dir)
     label_map = manifest["label_map"]
     reference = feature_cache.ensure_feature_cache(build_tiny_tagger(label_map), manifest_dir,

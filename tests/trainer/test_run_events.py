@@ -1,13 +1,9 @@
 """Tests for trainer.run_events beyond what test_summaries.py reads back through it."""
 
-import os
+import pytest
+import tensorflow as tf
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
-
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from trainer.run_events import RunEvents  # noqa: E402
+from trainer.run_events import RunEvents
 
 
 def test_reads_any_tag_and_names_a_missing_split(tmp_path):

@@ -3,20 +3,18 @@ values."""
 
 import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
-
-import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
-from trainer import evaluation, summaries  # noqa: E402
-from trainer.event_layout import flat_name  # noqa: E402
-from trainer.heatmap import render_heatmap  # noqa: E402
-from trainer.run_events import RunEvents  # noqa: E402
-from trainer.summary_markdown import examples_markdown  # noqa: E402
+import trainer  # noqa: F401  (models/__init__.py chooses Keras 2 before tf.keras is used)
+from trainer import evaluation, summaries
+from trainer.event_layout import flat_name
+from trainer.heatmap import render_heatmap
+from trainer.run_events import RunEvents
+from trainer.summary_markdown import examples_markdown
 
 LABEL_MAP = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 GROUPS = ("embeddings", "encoder_layer_0", "bilstm", "head", "crf")

@@ -51,7 +51,7 @@ class TensorBoard:
     def __init__(self, logdir, log_path):
         self.port = free_port()
         self.log_path = log_path
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import trainer  # noqa: F401  (chooses Keras 2 for tf.keras: models/__init__.py)
 import tensorflow as tf  # noqa: E402
 
 from data_pipeline.tags import extract_entities  # noqa: E402

@@ -4,7 +4,7 @@ and how the pretrained weights loaded (a tiny random BERT saved with save_pretra
 import json
 import logging
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import models  # noqa: F401  (chooses Keras 2 for tf.keras: models/__init__.py)
 import pytest
 import transformers
 
