@@ -28,6 +28,11 @@ import math
 from trainer.config import TrainConfig
 
 
+def plural(count: float, noun: str) -> str:
+    """'1 epoch', '2.33 epochs' (three significant digits)."""
+    return f"{count:.3g} {noun}{'' if f'{count:.3g}' == '1' else 's'}"
+
+
 @dataclasses.dataclass(frozen=True)
 class SchedulePlan:
     """What the run will do, in optimizer updates (steps).
@@ -74,10 +79,10 @@ class SchedulePlan:
         if self.floor_applied:
             line += " (at least --min_train_steps)"
         up_to = "up to " if self.patience and self.eval_every else ""
-        line += f" = {up_to}{self.epochs:.3g} epochs"
+        line += f" = {up_to}{plural(self.epochs, 'epoch')}"
         if self.eval_every:
             line += (f"; dev every {self.eval_every:,} updates "
-                     f"({self.eval_every / self.steps_per_epoch:.3g} epochs"
+                     f"({plural(self.eval_every / self.steps_per_epoch, 'epoch')}"
                      f"{', widened by --max_evaluations' if self.eval_widened else ''})")
             if self.patience:
                 line += f"; stop after {self.patience} evaluations without a better dev F1"

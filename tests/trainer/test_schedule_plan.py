@@ -59,3 +59,30 @@ def test_grad_accumulation_counts_windows_per_update():
     plan = plan_schedule(config("--epochs=1", "--batch_size=8", "--grad_accum_steps=4",
                                 "--min_train_steps=0"), train_windows=100)
     assert (plan.windows_per_update, plan.steps_per_epoch, plan.total_steps) == (32, 4, 4)
+
+
+@pytest.mark.parametrize("flagfile, windows, total, every", [
+    # Windows of the full People's Daily proxy train (45,220-45,222 with the e5 tokenizer,
+    # 45,209-45,216 with bert-base-chinese's) and the total steps of the archived full runs
+    # (docs/runs/*/results.json): the floor and the evaluation cap change nothing there.
+    ("frozen_crf.flags", 45221, 14132, 1414),
+    ("finetune_crf.flags", 45221, 7066, 1414),
+    ("bilstm_crf.flags", 45212, 5652, 1413),
+])
+def test_the_shipped_flagfiles_keep_the_full_corpus_schedule(flagfile, windows, total, every):
+    shipped = config_lib.parse_flags([f"--flagfile={tt.REPO / 'configs' / flagfile}"])
+    plan = plan_schedule(shipped, train_windows=windows)
+    assert (plan.total_steps, plan.eval_every) == (total, every)
+    assert not (plan.floor_applied or plan.eval_widened)
+
+
+@pytest.mark.parametrize("flagfile, total, every", [
+    ("frozen_crf.flags", 4000, 200), ("bilstm_crf.flags", 4000, 200),
+    ("finetune_crf.flags", 2000, 100)])
+def test_the_shipped_flagfiles_give_a_small_corpus_its_floor(flagfile, total, every):
+    """1,000 sentences (1,004 windows, 32 updates an epoch): the floor, and dev every few
+    epochs instead of every one (at most 20 evaluations)."""
+    shipped = config_lib.parse_flags([f"--flagfile={tt.REPO / 'configs' / flagfile}"])
+    plan = plan_schedule(shipped, train_windows=1004, train_sentences=1000)
+    assert (plan.total_steps, plan.eval_every, plan.patience) == (total, every, 2)
+    assert plan.floor_applied and plan.eval_widened
