@@ -216,6 +216,11 @@ def read_run_dir(entry: dict[str, Any], run_dir: pathlib.Path) -> dict[str, Any]
         steps_per_epoch = int(results["total_steps"]) / max(int(config["epochs"]), 1)
         if "schedule" in results:  # since the schedule plan (--min_train_steps) is recorded
             steps_per_epoch = int(results["schedule"]["steps_per_epoch"])
+        elif (run_dir / "data_manifest.json").is_file():  # the floor may have set total_steps
+            windows = json.loads((run_dir / "data_manifest.json").read_text())[
+                "splits"]["train"]["counts"]["windows"]
+            per_update = int(config["batch_size"]) * int(config.get("grad_accum_steps", 1))
+            steps_per_epoch = max(1, math.ceil(windows / per_update))
         epochs = steps / steps_per_epoch
         padded = None
     else:
@@ -243,7 +248,7 @@ def archive_run(entry: dict[str, Any], run_dir: pathlib.Path, archive: pathlib.P
     archive.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_directories(archive)
     with staging_directory(archive) as staging:
-        for name in ("results.json", "config.json"):
+        for name in ("results.json", "config.json", "data_manifest.json"):
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, staging / name)
         (staging / ARCHIVED_PREDICTIONS).write_bytes(

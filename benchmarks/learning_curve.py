@@ -124,15 +124,14 @@ def read_entries(runs_file: pathlib.Path, runs_root: pathlib.Path, *, from_runs:
 
 
 def tables(runs: list[dict[str, Any]]) -> str:
-    """Per corpus: a row per training-set size, a column per config (test F1, best dev F1,
-    updates, wall time); then the commands."""
+    """Per table (an entry's `table`, default its corpus): a row per training-set size, a
+    column per config (test F1, best dev F1, updates, wall time); then the commands."""
     lines = []
-    corpora = list(dict.fromkeys(run["corpus"] for run in runs))
-    configs = list(dict.fromkeys(run["config"] for run in runs))
-    for corpus in corpora:
-        members = [run for run in runs if run["corpus"] == corpus]
-        present = [c for c in configs if any(run["config"] == c for run in members)]
-        lines += [f"**{corpus}**: test F1 (best dev F1; updates, wall time)", "",
+    titles = list(dict.fromkeys(run.get("table", run["corpus"]) for run in runs))
+    for title in titles:
+        members = [run for run in runs if run.get("table", run["corpus"]) == title]
+        present = list(dict.fromkeys(run["config"] for run in members))
+        lines += [f"**{title}**: test F1 (best dev F1; updates, wall time)", "",
                   "| train sentences | " + " | ".join(present) + " |",
                   "|---|" + "---|" * len(present)]
         for size in sorted({run["sentences"] for run in members}):
@@ -153,6 +152,14 @@ def tables(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plots(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
+    """PATH: test F1 against training-set size; PATH with _dev before .png: the dev F1 curve
+    of every run over its updates, a panel per table (frozen_vs_finetune's plot)."""
+    plot(runs, path)
+    report.plot([dict(run, panel=run.get("table", run["corpus"])) for run in runs],
+                path.with_name(path.stem + "_dev" + path.suffix))
+
+
 def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
     """Test F1 against training sentences (log scale): a line per config and corpus."""
     import matplotlib
@@ -163,7 +170,7 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
     figure, axis = plt.subplots(figsize=(11, 7), dpi=100)
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for run in runs:
-        series.setdefault((run["corpus"], run["config"]), []).append(
+        series.setdefault((run.get("table", run["corpus"]), run["config"]), []).append(
             (run["sentences"], run["test"]["f1"]))
     corpora = list(dict.fromkeys(corpus for corpus, _ in series))
     configs = list(dict.fromkeys(config for _, config in series))
@@ -174,7 +181,7 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
         axis.plot(sizes, f1, marker=("o", "s", "^", "D")[corpora.index(corpus) % 4],
                   linestyle=("-", "--", ":", "-.")[corpora.index(corpus) % 4],
                   color=colours[configs.index(config) % len(colours)],
-                  label=f"{config} ({corpus})")
+                  label=f"{config} ({corpus})"[:90])
     axis.set_xscale("log")
     axis.set_xlabel("training sentences (log scale)")
     axis.set_ylabel("test entity F1 (micro, strict IOB2)")
@@ -192,7 +199,7 @@ def page(args: argparse.Namespace) -> int:
     runs = read_entries(runs_file, pathlib.Path(args.runs_root),
                         from_runs=args.from_runs and not args.check)
     return report.write_page(pathlib.Path(args.document), tables(runs), runs,
-                             check=args.check, plot_path=args.plot, draw=plot, begin=BEGIN,
+                             check=args.check, plot_path=args.plot, draw=plots, begin=BEGIN,
                              end=END, command="python benchmarks/learning_curve.py page")
 
 

@@ -1,0 +1,41 @@
+"""benchmarks/learning_curve.py: the page comes from its archived runs; the sweep's subsets."""
+
+import json
+
+import pytest
+
+from benchmarks import learning_curve
+
+
+def test_the_published_page_matches_its_archived_runs():
+    """docs/learning_curve.md, as committed, is what its archived runs give (issue 21)."""
+    assert learning_curve.main(["page", "--check", "--plot", ""]) == 0
+
+
+def test_a_changed_figure_is_caught(tmp_path):
+    runs = json.loads(learning_curve.RUNS_FILE.read_text())
+    document = learning_curve.DOCUMENT.read_text(encoding="utf-8")
+    first = document.index("**0.")
+    tampered = tmp_path / "page.md"
+    tampered.write_text(document[:first + 4] + ("1" if document[first + 4] != "1" else "2")
+                        + document[first + 5:], encoding="utf-8")
+    runs_file = tmp_path / "runs.json"
+    # The archives are found relative to the runs file: point each entry at the real one.
+    archives = learning_curve.RUNS_FILE.parent
+    runs_file.write_text(json.dumps([dict(run, archive=str(archives / run["archive"]))
+                                     for run in runs]))
+    assert learning_curve.main(["page", "--check", "--plot", "", f"--document={tampered}",
+                                f"--runs_file={runs_file}"]) == 1
+
+
+def test_subsets_are_seeded_and_written_once(tmp_path):
+    source = tmp_path / "corpus.txt"
+    source.write_text("".join(f"{chr(0x4e00 + i)} O\n\n" for i in range(50)), encoding="utf-8")
+    first = learning_curve.write_subset(source, 10, 0, tmp_path / "a.txt")
+    again = learning_curve.write_subset(source, 10, 0, tmp_path / "b.txt")
+    other = learning_curve.write_subset(source, 10, 1, tmp_path / "c.txt")
+    assert first.read_text(encoding="utf-8") == again.read_text(encoding="utf-8")
+    assert first.read_text(encoding="utf-8") != other.read_text(encoding="utf-8")
+    assert first.read_text(encoding="utf-8").count(" O\n") == 10
+    with pytest.raises(ValueError, match="asked for 60 sentences, the file has 50"):
+        learning_curve.write_subset(source, 60, 0, tmp_path / "d.txt")
