@@ -13,9 +13,10 @@
       variables.json      what trains: each variable's group, shape and learning rate
                           (trainer.variables_report)
       train_log.jsonl     one record per logged training step (trainer.run_logs)
-      results.json        final dev and test metrics, the step and checkpoint they came from
+      results.json        final dev and test metrics, the step and checkpoint they came from,
+                          the schedule plan (trainer.schedule_plan)
       predictions_*.txt   dev and test predictions of the final evaluation
-      train/, dev/, test/ TensorBoard event files (trainer.summaries)
+      events in RUN_DIR and train/, dev/, test/: TensorBoard (trainer.summaries writes them)
 
 The trainer builds the model config once (`tagger_config`: the run's model settings plus what
 its data decides, the label map and the vocabulary size) and writes it at the start of the run
