@@ -78,6 +78,12 @@ class CorpusError(ValueError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):
+        # A worker process sends its exception back pickled; the default (the class and
+        # `args`, the one formatted message) cannot be unpickled by this __init__, and the
+        # pool then reported a bad line as a dead worker.
+        return type(self), (self.path, self.line, self.reason)
+
 
 @dataclasses.dataclass(frozen=True)
 class Sentence:

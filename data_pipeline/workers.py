@@ -21,6 +21,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+# Imported by name: `concurrent.futures.process` is a submodule that `import concurrent.futures`
+# does not load, so naming it in an `except` clause raised AttributeError (hiding the real error)
+# whenever nothing had imported it yet, e.g. with --num_workers=0.
+from concurrent.futures.process import BrokenProcessPool
 
 
 class WorkerDiedError(RuntimeError):
@@ -101,7 +105,7 @@ def run_jobs(function: Callable, jobs: list, pool,
             results.append(result)
             if progress is not None:
                 progress(result)
-    except concurrent.futures.process.BrokenProcessPool as error:
+    except BrokenProcessPool as error:
         raise WorkerDiedError(
             "a preprocessing worker process died (killed by a signal, e.g. the out-of-memory "
             "killer: try --num_workers=1 or fewer sentences per shard); nothing was written to "

@@ -189,3 +189,16 @@ def test_utf16_file_gets_a_hint(tmp_path):
     path = write(tmp_path, None, raw="中 O\n".encode("utf-16"))
     with pytest.raises(corpus.CorpusError, match=rf"^{path}:1: invalid UTF-8.*UTF-16"):
         corpus.detect_format(path)
+
+
+def test_a_corpus_error_survives_pickling():
+    """Worker processes send their errors back pickled (data_pipeline/workers.py)."""
+    import pickle
+
+    from data_pipeline.corpus import CorpusError
+
+    error = pickle.loads(pickle.dumps(CorpusError("a/b.txt", 12, "expected 2 columns")))
+    assert (str(error), error.path, error.line, error.reason) == (
+        "a/b.txt:12: expected 2 columns", "a/b.txt", 12, "expected 2 columns")
+    whole_file = pickle.loads(pickle.dumps(CorpusError("a/b.txt", None, "empty")))
+    assert str(whole_file) == "a/b.txt: empty" and whole_file.line is None

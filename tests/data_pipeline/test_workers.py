@@ -75,3 +75,37 @@ def test_a_killed_worker_is_an_error_not_a_hang():
         with pytest.raises(WorkerDiedError,
                            match="worker process died .*out-of-memory"):
             run_jobs(_kill_own_process_on_3, list(range(6)), pool)
+
+
+def _bad_line(job):
+    from data_pipeline.corpus import CorpusError
+
+    raise CorpusError("corpus.txt", 402, "expected 2 columns (token tag), found 3")
+
+
+def test_a_bad_line_in_a_worker_is_reported_as_the_bad_line():
+    """The worker's CorpusError crosses the process boundary whole: not 'a worker died'."""
+    import concurrent.futures
+    import multiprocessing
+
+    from data_pipeline.corpus import CorpusError
+
+    with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(CorpusError, match=r"^corpus.txt:402: expected 2 columns") as caught:
+            run_jobs(_bad_line, [0], pool)
+    assert (caught.value.path, caught.value.line) == ("corpus.txt", 402)
+
+
+def test_an_error_without_a_pool_is_that_error_in_a_fresh_interpreter():
+    """Without a pool, in a process where nothing has imported concurrent.futures.process (the
+    pytest process has), the job's error must come out as itself."""
+    script = ("from data_pipeline.workers import run_jobs\n"
+              "def job(_):\n    raise ValueError('corpus.txt:7: an I- without a B-')\n"
+              "run_jobs(job, [0], None)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "ValueError: corpus.txt:7: an I- without a B-"
+    assert "AttributeError" not in done.stderr
