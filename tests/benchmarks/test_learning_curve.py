@@ -13,19 +13,22 @@ def test_the_published_page_matches_its_archived_runs():
 
 
 def test_a_changed_figure_is_caught(tmp_path):
-    runs = json.loads(learning_curve.RUNS_FILE.read_text())
-    document = learning_curve.DOCUMENT.read_text(encoding="utf-8")
-    first = document.index("**0.")
-    tampered = tmp_path / "page.md"
-    tampered.write_text(document[:first + 4] + ("1" if document[first + 4] != "1" else "2")
-                        + document[first + 5:], encoding="utf-8")
-    runs_file = tmp_path / "runs.json"
-    # The archives are found relative to the runs file: point each entry at the real one.
+    """A page made from two archived runs checks clean; one digit changed, it does not."""
     archives = learning_curve.RUNS_FILE.parent
+    runs = json.loads(learning_curve.RUNS_FILE.read_text())[:2]
+    runs_file = tmp_path / "runs.json"  # archives are found relative to the runs file
     runs_file.write_text(json.dumps([dict(run, archive=str(archives / run["archive"]))
                                      for run in runs]))
-    assert learning_curve.main(["page", "--check", "--plot", "", f"--document={tampered}",
-                                f"--runs_file={runs_file}"]) == 1
+    page = tmp_path / "page.md"
+    page.write_text(f"# t\n\n{learning_curve.BEGIN}\n{learning_curve.END}\n", encoding="utf-8")
+    args = ["page", "--plot", "", f"--document={page}", f"--runs_file={runs_file}"]
+    assert learning_curve.main(args) == 0
+    assert learning_curve.main(args + ["--check"]) == 0
+    text = page.read_text(encoding="utf-8")
+    first = text.index("**0.") + 4
+    page.write_text(text[:first] + str((int(text[first]) + 1) % 10) + text[first + 1:],
+                    encoding="utf-8")
+    assert learning_curve.main(args + ["--check"]) == 1
 
 
 def test_subsets_are_seeded_and_written_once(tmp_path):
