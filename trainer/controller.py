@@ -19,7 +19,7 @@ from typing import Any
 from absl import logging
 
 from trainer import checkpointing, export
-from trainer.divergence import LOSS_HISTORY, DivergenceGuard
+from trainer.divergence import DivergenceGuard
 from trainer.early_stopping import EarlyStopping
 from trainer.evaluator import Evaluator, StopRequested
 from trainer.run_dir import RESULTS
@@ -73,7 +73,7 @@ class Controller:
                     or int(state.variables.pending_eval.numpy()) == restored)
         self.logs.open_resumed(restored, finished=finished)
         if state.config.strategy != "multi_worker":  # other workers cannot read the log
-            self.guard.remember(r["loss"] for r in self.logs.records[-LOSS_HISTORY:]
+            self.guard.remember(r["loss"] for r in self.logs.records  # keeps the last LOSS_HISTORY
                                 if isinstance(r.get("loss"), float))
 
     def _log_train(self, step: int, loss: float, norms, totals: dict, elapsed: float) -> None:

@@ -15,9 +15,6 @@ from trainer import cache, checkpointing, evaluation, progress
 from trainer.run_logs import RunLogs
 from trainer.training_state import TrainingState
 
-# No more than this many seconds pass without a progress line.
-SILENCE_S = 30.0
-
 
 class StopRequested(Exception):
     """SIGTERM arrived during an evaluation (the loop saves, or has saved, and stops)."""
@@ -90,7 +87,7 @@ class Evaluator:
         # batch, every 30 s and at the last.
         bar = progress.ProgressBar(
             counts["windows"], description=f"{split} evaluation", unit="window",
-            is_tty=None if state.config.progress_bar else False, log_every_s=SILENCE_S)
+            is_tty=None if state.config.progress_bar else False)
         started = time.time()
         try:
             result = evaluation.evaluate(state.model, StoppableBatches(dataset, self.stop),
