@@ -63,7 +63,7 @@ def forward_and_gradients(backbone, arrays):
 
 
 @pytest.fixture(scope="module")
-def e5_dir():
+def shipped_encoder_dir():
     """The shipped encoder; its absence is a failure (these tests are the encoder's acceptance)."""
     shared = find_shared_dir()
     directory = None if shared is None else shared / "models" / "multilingual-e5-small-zh"
@@ -113,12 +113,12 @@ def test_xlm_roberta_is_roberta(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def e5_from_h5(e5_dir):
-    return load_transformer(pretrained=str(e5_dir))
+def e5_from_h5(shipped_encoder_dir):
+    return load_transformer(pretrained=str(shipped_encoder_dir))
 
 
 @pytest.fixture(scope="module")
-def e5_from_safetensors(e5_dir, e5_from_h5, tmp_path_factory):
+def e5_safetensors_dir(shipped_encoder_dir, e5_from_h5, tmp_path_factory):
     """The same weights written as a PyTorch-named model.safetensors (the hub's format), the
     pooler added from the h5 as the hub's file has it, and loaded from there.
     (save_pretrained's names are checked against transformers' in test_transformer_loading.py.)
@@ -129,13 +129,18 @@ def e5_from_safetensors(e5_dir, e5_from_h5, tmp_path_factory):
     directory = tmp_path_factory.mktemp("e5-safetensors")
     save_pretrained(e5_from_h5, directory)
     tensors = load_file(directory / "model.safetensors")
-    with h5py.File(e5_dir / "tf_model.h5", "r") as h5:
+    with h5py.File(shipped_encoder_dir / "tf_model.h5", "r") as h5:
         pooler = h5["bert/tf_bert_model/bert/pooler/dense"]
         tensors["pooler.dense.weight"] = np.ascontiguousarray(pooler["kernel:0"][()].T)
         tensors["pooler.dense.bias"] = pooler["bias:0"][()]
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
-    return load_transformer(pretrained=str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def e5_from_safetensors(e5_safetensors_dir):
+    return load_transformer(pretrained=str(e5_safetensors_dir))
 
 
 @pytest.mark.slow
@@ -180,13 +185,13 @@ def test_shipped_encoder_matches_transformers(source, request):
 
 
 @pytest.mark.slow
-def test_shipped_encoder_in_bfloat16_mixed_precision(e5_dir):
+def test_shipped_encoder_in_bfloat16_mixed_precision(e5_safetensors_dir):
     """Under mixed_bfloat16 the variables stay float32, the hidden states are bfloat16 and
     close to float32's."""
     arrays = dict(np.load(E5_REFERENCE))
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        backbone = load_transformer(pretrained=str(e5_dir))
+        backbone = load_transformer(pretrained=str(e5_safetensors_dir))
         encoder = TransformerEncoder(backbone, num_layers_used=2)
         hidden_states = tf.function(encoder)(
             tf.constant(arrays["input_ids"]), tf.constant(arrays["attention_mask"]),
