@@ -10,7 +10,8 @@ again, and the commands' flags never collide in one process) and parse it here:
   `error: ...` and where to look, and exits 2, never with a traceback.
 
 `python -m trainer.main` and `python -m data_pipeline.preprocess` run under `absl.app.run` with the
-global `flags.FLAGS` instead (same flag syntax and `--helpfull`; absl's own error message).
+global `flags.FLAGS` instead (same flag syntax and `--helpfull`; absl's own error message for a
+bad flag, and `error: ` + `unexpected_arguments` for an argument they do not take).
 """
 
 from __future__ import annotations
@@ -66,9 +67,20 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, pr
     except flags.Error as e:
         _usage_error(str(e), program, stderr)
     if rest and not positional:
-        _usage_error(f"unexpected arguments {rest} (every value is given as a flag, "
-                     f"--name=value)", program, stderr)
+        _usage_error(unexpected_arguments(rest), program, stderr)
     return rest
+
+
+def unexpected_arguments(arguments: Sequence[str], program: str | None = None) -> str:
+    """The message for arguments a command does not take (all its values are flags).
+
+    Args:
+      arguments: the stray arguments.
+      program: how the command is run, to name its --helpfull (omit where the caller adds it).
+    """
+    message = (f"unexpected arguments {list(arguments)}: every value is given as a flag, "
+               f"--name=value")
+    return message + (f" (`{program} --helpfull` lists the flags)" if program else "")
 
 
 def _usage_error(message: str, program: str, stderr: TextIO | None) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -53,6 +54,21 @@ _READ_BLOCK_RECORDS = 64
 
 class ShardError(ValueError):
     """A shard does not match the manifest (missing, wrong size, wrong checksum)."""
+
+
+def op_error_line(error) -> str:
+    """The first line of a TensorFlow op error, without the wrappers tf.data adds around it.
+
+    '{{function_node __wrapped__IteratorGetNext_...}} assertion failed: [shard X is corrupt ...]'
+    -> 'shard X is corrupt ...'; '... corrupted record at 12 [Op:IteratorGetNext] name: ' ->
+    '... corrupted record at 12'.
+    """
+    lines = str(getattr(error, "message", None) or error).strip().splitlines()
+    line = lines[0] if lines else type(error).__name__
+    line = re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line)
+    line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line)
+    assertion = re.fullmatch(r"assertion failed: \[(.*)\]", line)
+    return assertion[1] if assertion else line
 
 
 def check_shards(manifest: dict[str, Any], shards: Sequence[dict[str, Any]], *,
@@ -338,7 +354,9 @@ def _read_shard_blocks(path, expected_records, compression: str):
             [tf.strings.join([
                 "shard ", path, " is corrupt or truncated: only ", tf.strings.as_string(total),
                 " of its ", tf.strings.as_string(expected_records),
-                " records (per the manifest) could be read"])])
+                " records (per the manifest) could be read; preprocess again (`python -m "
+                "data_pipeline.preprocess ... --overwrite`, or delete the trainer's data cache "
+                "directory holding it)"])])
         with tf.control_dependencies([check]):
             return total, tf.identity(block)
 

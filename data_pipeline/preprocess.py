@@ -205,7 +205,8 @@ def _check_output_dir(output_dir: pathlib.Path, *, overwrite: bool,
         if (output_dir / MANIFEST_NAME).exists():
             if not overwrite:
                 raise FileExistsError(f"output_dir {output_dir} already holds a finished "
-                                      f"preprocessing output; pass overwrite to replace it")
+                                      f"preprocessing output; pass --overwrite to replace it "
+                                      f"(overwrite=True when calling preprocess() in Python)")
         elif any(output_dir.iterdir()):
             raise FileExistsError(f"output_dir {output_dir} is not empty and holds no manifest; "
                                   f"refusing to write into it")
@@ -331,7 +332,12 @@ def main(argv) -> None:
     """The command: flags -> `preprocess`; bad input or arguments print `error: ...`, exit 2."""
     from absl import flags
 
-    del argv
+    from data_pipeline.cli import unexpected_arguments
+
+    if len(argv) > 1:
+        print(f"error: {unexpected_arguments(argv[1:], 'python -m data_pipeline.preprocess')}",
+              file=sys.stderr)
+        sys.exit(2)
     f = flags.FLAGS
     splits = {name: getattr(f, name) for name in ("train", "dev", "test") if getattr(f, name)}
     label_map = None

@@ -38,6 +38,11 @@ import json
 import os
 
 WORD_BOUNDARY_MARKER = ("auto", "keep", "drop")
+# A local tokenizer directory needs one of these: a fast tokenizer's tokenizer.json, or the
+# vocabulary of a slow one that transformers converts (WordPiece vocab.txt; SentencePiece models
+# of XLM-R, T5/ALBERT and Llama-style tokenizers; byte-level BPE's vocab.json with merges.txt).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model", "vocab.json")
 
 
 @dataclasses.dataclass
@@ -85,6 +90,10 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
         # A path (`../models/x`, or `models/x` beside an existing `models/`): transformers would
         # answer with a hub-name error ("Repo id must be in the form ...") or try the network.
         raise ValueError(f"tokenizer directory {name!r} does not exist")
+    if local:
+        problem = tokenizer_directory_problem(name)
+        if problem:
+            raise ValueError(problem)
     from transformers import AutoTokenizer
 
     try:
@@ -96,6 +105,20 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
         raise ValueError(f"tokenizer {name!r} is not a fast (Rust) tokenizer; word alignment needs "
                          f"one (a tokenizer.json in the directory)")
     return tokenizer
+
+
+def tokenizer_directory_problem(directory: str | os.PathLike) -> str | None:
+    """Why a local directory holds no tokenizer, or None if it has one of TOKENIZER_FILES.
+
+    (transformers answers such a directory with a TypeError from deep inside, "stat: path should
+    be string ... not NoneType".)
+    """
+    directory = os.fspath(directory)
+    if any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+        return None
+    return (f"{directory} holds no tokenizer files: expected tokenizer.json, or the vocabulary "
+            f"of a tokenizer transformers can convert ({', '.join(TOKENIZER_FILES[1:-1])}, or "
+            f"vocab.json with merges.txt)")
 
 
 def _reads_as_hub_name(name: str) -> bool:

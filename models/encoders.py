@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import tensorflow as tf
 import transformers
 from transformers.models.auto.modeling_tf_auto import TF_MODEL_MAPPING
+
+from models.pretrained_files import pretrained_directory_problem
 
 # ".../encoder/layer_._3/attention/..." (BERT, RoBERTa, XLM-R, ELECTRA) or
 # ".../transformer/layer_._3/..." (DistilBERT): the index of the transformer block.
@@ -178,8 +181,16 @@ def load_transformer(*, pretrained: str | None = None,
       A transformers TFPreTrainedModel (e.g. TFBertModel), not yet called if randomly initialised.
       Its `tagger_loading_info` is a `LoadingInfo` for pretrained weights (transformers' own
       messages about them are not logged), None for a random initialisation.
+
+    Raises:
+      ValueError: a local `pretrained` directory without config.json or weights this loads
+        (`pretrained_files.pretrained_directory_problem` says which, and how to convert pickles).
     """
     if pretrained is not None:
+        if os.path.isdir(pretrained):
+            problem = pretrained_directory_problem(pretrained)
+            if problem:
+                raise ValueError(problem)
         config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)
         model_class = _transformer_class(config)
         with _without_loading_blocks():

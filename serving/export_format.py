@@ -122,6 +122,28 @@ class ExportSettings:
     manifest: dict
 
 
+# What a training run directory holds (trainer/run_dir.py, which serving may not import).
+_RUN_FILES = ("config.json", "model_config.json")
+_RUN_SUBDIRS = ("checkpoints", "best")
+_RUN_EXPORT_SUBDIR = "export"
+
+
+def _not_an_export(export_dir: str | os.PathLike, directory: pathlib.Path) -> str:
+    """Why `directory` (no export.json) cannot be served, and what to run instead."""
+    is_run = (any((directory / name).is_file() for name in _RUN_FILES)
+              and any((directory / name).is_dir() for name in _RUN_SUBDIRS))
+    if not is_run:
+        return (f"{export_dir} is not an export directory (no {EXPORT_MANIFEST}); create one "
+                f"with `python -m trainer.export --run_dir=RUN --export_dir={export_dir}`")
+    inside = directory / _RUN_EXPORT_SUBDIR
+    if (inside / EXPORT_MANIFEST).is_file():
+        return (f"{export_dir} is a training run directory, not an export; the export written "
+                f"at the end of that run is --export_dir={inside}")
+    return (f"{export_dir} is a training run directory, not an export; export it into a new "
+            f"directory with `python -m trainer.export --run_dir={export_dir} "
+            f"--export_dir=NEW_DIR`, then pass --export_dir=NEW_DIR")
+
+
 def read_export(export_dir: str | os.PathLike, *, verify_checksums: bool = True
                 ) -> ExportSettings:
     """Reads and checks an export directory (does not load the model).
@@ -134,9 +156,7 @@ def read_export(export_dir: str | os.PathLike, *, verify_checksums: bool = True
     if not directory.is_dir():
         raise ExportError(f"{export_dir}: no such directory")
     if not (directory / EXPORT_MANIFEST).is_file():
-        raise ExportError(
-            f"{export_dir} is not an export directory (no {EXPORT_MANIFEST}); create one with "
-            f"`python -m trainer.export --run_dir=RUN --export_dir={export_dir}`")
+        raise ExportError(_not_an_export(export_dir, directory))
 
     def read(name: str):
         return read_json(directory / name,

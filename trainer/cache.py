@@ -154,15 +154,21 @@ def read_gold(manifest: dict, split: str) -> tuple[list[list[str]], list[list[st
 def verify_data(manifest: dict, splits: tuple[str, ...] = _SPLITS) -> None:
     """Checks every shard of `splits` against the manifest, before anything trains.
 
-    Each shard's presence, size and sha256 (`data_pipeline.dataset.check_shards`), and that each
-    split's `counts.windows` equals the sum of its shards' record counts (the schedule, epochs
-    and evaluation cadence are computed from it).
+    Each shard's presence, size and sha256 (`data_pipeline.dataset.check_shards`); then, for
+    preprocessed data, every record is read and checked and each split's counts are compared
+    with what its shards hold (`data_pipeline.recount.check_split`: windows, sentences,
+    tokens, characters, entities, ...; the schedule, epochs, evaluation cadence and log lines
+    are computed from them). A feature cache (the data manifest's counts, with records built by
+    the trainer from data verified here just before) has only its windows compared with the
+    sum of its shards' record counts: reading its gigabytes of features twice would slow every
+    run's start.
 
     Raises:
-      ShardError: naming the shard and what differs, or the manifest and the count.
+      ShardError: naming the shard and what differs, or the manifest, the count and its value.
     """
     from data_pipeline.dataset import ShardError, check_shards
     from data_pipeline.manifest import MANIFEST_NAME
+    from data_pipeline.recount import check_split, rebuild_hint
 
     path = pathlib.Path(manifest["directory"]) / MANIFEST_NAME
     for split in splits:
@@ -171,9 +177,12 @@ def verify_data(manifest: dict, splits: tuple[str, ...] = _SPLITS) -> None:
         if not shards:
             raise ShardError(f"{path}: split {split!r} lists no shards")
         check_shards(manifest, shards)
+        if not manifest.get("features"):
+            check_split(manifest, split)
+            continue
         records = sum(int(shard["records"]) for shard in shards)
         windows = (info.get("counts") or {}).get("windows")
         if not isinstance(windows, int) or windows != records:
             raise ShardError(f"{path}: split {split!r} says counts.windows = {windows!r}, but its "
                              f"{len(shards)} shard(s) hold {records} records: the manifest was "
-                             "edited or damaged; preprocess again")
+                             f"edited or damaged; {rebuild_hint(manifest)}")

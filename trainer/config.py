@@ -371,7 +371,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
         if name in ("pretrained", "tokenizer") and _is_hub_name(value):
             continue  # e.g. bert-base-chinese or hfl/rbt3: transformers resolves it
         values[name] = resolve_input_path(value)
-    if not values["tokenizer"]:
+    tokenizer_given = bool(values["tokenizer"])
+    if not tokenizer_given:
         values["tokenizer"] = values["pretrained"]
     if not values["tokenizer"]:
         raise ConfigError("--tokenizer is required when --pretrained is not given")
@@ -395,7 +396,28 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
             if not os.path.isdir(path):
                 raise ConfigError(f"--{name}={path!r} is a file, expected a directory (of a "
                                   f"transformers model or tokenizer) or a hub name")
+    _check_pretrained_files(values, tokenizer_given=tokenizer_given)
     return TrainConfig(**values)
+
+
+def _check_pretrained_files(values: dict, *, tokenizer_given: bool) -> None:
+    """A local --pretrained holds a config and weights this project loads, a local tokenizer
+    directory tokenizer files: said here, before the data or the run directory is touched."""
+    from data_pipeline.tokenization import tokenizer_directory_problem
+    from models.pretrained_files import pretrained_directory_problem
+
+    pretrained, tokenizer = values["pretrained"], values["tokenizer"]
+    if pretrained and not _is_hub_name(pretrained):
+        problem = pretrained_directory_problem(pretrained)
+        if problem:
+            raise ConfigError(f"--pretrained={pretrained!r}: {problem}")
+    if tokenizer and not _is_hub_name(tokenizer):
+        problem = tokenizer_directory_problem(tokenizer)
+        if problem and tokenizer_given:
+            raise ConfigError(f"--tokenizer={tokenizer!r}: {problem}")
+        if problem:
+            raise ConfigError(f"--pretrained={tokenizer!r} is also the tokenizer (no --tokenizer "
+                              f"given), but {problem}; add them there, or give --tokenizer=DIR")
 
 
 def _check_output_directory(name: str, path: str) -> None:

@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
+from data_pipeline.cli import unexpected_arguments
 from trainer import config as config_lib
 
 config_lib.define_flags()
@@ -59,14 +60,15 @@ def describe(error: BaseException) -> str:
     """One line for the user; TensorFlow's op errors lose their graph-node and op trailers."""
     message = getattr(error, "message", None)
     if isinstance(message, str):  # tf.errors.OpError: "msg\n\t [[{{node x}}]] [Op:Y]"
-        first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
-        return f"{first} ({type(error).__name__} from TensorFlow)"
+        from data_pipeline.dataset import op_error_line
+
+        return f"{op_error_line(error)} ({type(error).__name__} from TensorFlow)"
     return str(error) or type(error).__name__
 
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(f"error: {unexpected_arguments(argv[1:], 'python -m trainer.main')}")
     try:
         config = config_lib.config_from_flags(flags.FLAGS)
         config_lib.check_run_dir(config)

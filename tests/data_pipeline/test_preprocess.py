@@ -154,7 +154,7 @@ def test_failed_rerun_keeps_the_earlier_output(tmp_path, bert_chinese_dir):
     output_dir = tmp_path / "out"
     first = preprocess({"train": train}, output_dir, bert_chinese_dir, num_workers=0)
     before = {p.name: p.read_bytes() for p in output_dir.iterdir()}
-    with pytest.raises(FileExistsError, match="pass overwrite"):
+    with pytest.raises(FileExistsError, match=r"pass --overwrite to replace it"):
         preprocess({"train": train}, output_dir, bert_chinese_dir, num_workers=0)
     bad = write(tmp_path, "bad.txt", GOOD_TRAIN + "中 O x\n")
     with pytest.raises(corpus.CorpusError):

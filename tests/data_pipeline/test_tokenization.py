@@ -85,8 +85,23 @@ def test_words_with_several_pieces_and_pieceless_tokens(bert_chinese_dir):
 
 
 def test_bad_tokenizer_name_is_a_clear_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match="cannot load tokenizer"):
         load(tmp_path)
+
+
+def test_a_model_directory_without_tokenizer_files_says_which_are_expected(tmp_path, e5_dir):
+    """(transformers' own answer is a TypeError: "stat: path should be string ... NoneType".)"""
+    (tmp_path / "config.json").symlink_to(e5_dir / "config.json")
+    (tmp_path / "tf_model.h5").write_bytes(b"x")  # weights: an encoder directory, but no tokenizer
+    with pytest.raises(ValueError) as info:
+        load(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path} holds no tokenizer files: expected tokenizer.json, or the vocabulary of a "
+        f"tokenizer transformers can convert (vocab.txt, sentencepiece.bpe.model, spiece.model, "
+        f"tokenizer.model, or vocab.json with merges.txt)")
+    (tmp_path / "vocab.txt").symlink_to(e5_dir.parent / "bert-base-chinese-vocab" / "vocab.txt")
+    assert tokenization.tokenizer_directory_problem(tmp_path) is None
 
 
 def test_missing_tokenizer_directory_is_our_error_not_a_hub_name_error(tmp_path):

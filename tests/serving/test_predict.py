@@ -229,6 +229,34 @@ def test_a_directory_as_input_file_is_named_as_such(export_dir, tmp_path):
     assert err.getvalue() == f"error: --input_file={tmp_path} is a directory, expected a file\n"
 
 
+def test_a_training_run_directory_is_pointed_to_its_export(tmp_path):
+    """A run directory (what trainer/run_dir.py writes) given as --export_dir: the command to
+    export it, into a new directory; or the export its run wrote at the end, if there is one."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "model_config.json"):
+        (run / name).write_text("{}")
+
+    def error(directory):
+        err = io.StringIO()
+        assert predict.main([f"--export_dir={directory}", "x"], stdin=io.BytesIO(b""),
+                            stdout=io.StringIO(), stderr=err) == 2
+        return err.getvalue()
+
+    assert error(run) == (
+        f"error: {run} is a training run directory, not an export; export it into a new "
+        f"directory with `python -m trainer.export --run_dir={run} --export_dir=NEW_DIR`, then "
+        f"pass --export_dir=NEW_DIR\n")
+    (run / "export").mkdir()
+    (run / "export" / "export.json").write_text("{}")
+    assert error(run) == (f"error: {run} is a training run directory, not an export; the export "
+                          f"written at the end of that run is --export_dir={run / 'export'}\n")
+    # Any other directory: still the command that makes an export there.
+    assert error(tmp_path) == (
+        f"error: {tmp_path} is not an export directory (no export.json); create one with "
+        f"`python -m trainer.export --run_dir=RUN --export_dir={tmp_path}`\n")
+
+
 def test_flags_help_and_usage_errors_exit_before_the_export_is_read(capsys):
     with pytest.raises(SystemExit) as stop:
         predict.main(["--helpfull"], stdin=io.BytesIO(b""))

@@ -14,6 +14,8 @@ REPO = config_lib.REPO_ROOT
 def corpus(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("中 B-LOC\n国 I-LOC\n\n人 O\n", encoding="utf-8")
+    # tmp_path is also --tokenizer (base_args): a WordPiece vocabulary makes it one.
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n中\n国\n人\n", encoding="utf-8")
     return path
 
 
@@ -64,6 +66,8 @@ def test_shipped_flagfiles_parse_compose_and_command_line_overrides(monkeypatch,
         (tmp_path / "shared/data" / name).write_text("中 O\n")
     for name in ("multilingual-e5-small-zh", "bert-base-chinese-vocab"):
         (tmp_path / "shared/models" / name).mkdir(parents=True, exist_ok=True)
+        for file in ("config.json", "tf_model.h5", "tokenizer.json"):  # what the config checks
+            (tmp_path / "shared/models" / name / file).write_text("{}")
     frozen = config_lib.parse_flags(["--flagfile=configs/frozen.flags", "--max_steps=3"])
     assert (frozen.encoder_learning_rate, frozen.hidden_layers, frozen.bilstm_units,
             frozen.head, frozen.max_seq_length) == (0.0, "concat", 128, "softmax", 100)
@@ -103,8 +107,10 @@ def test_hub_names_are_kept_and_paths_are_resolved(corpus):
     assert config.pretrained == "bert-base-chinese" and config.tokenizer == "bert-base-chinese"
     config = config_lib.parse_flags(args + ["--tokenizer=hfl/rbt3"])
     assert config.tokenizer == "hfl/rbt3"
-    config = config_lib.parse_flags(base_args(corpus)[:-1] + ["--tokenizer=configs"])
-    assert config.tokenizer == str(REPO / "configs")  # an existing directory under the repo
+    # An existing directory under the repo is resolved there (and then checked: no tokenizer).
+    with pytest.raises(ConfigError, match=rf"^--tokenizer='{REPO / 'configs'}': .* holds no "
+                                          rf"tokenizer files"):
+        config_lib.parse_flags(base_args(corpus)[:-1] + ["--tokenizer=configs"])
     with pytest.raises(ConfigError, match="--pretrained"):
         config_lib.parse_flags(args[:-1] + ["--pretrained=./no/such/model"])
 

@@ -1,8 +1,10 @@
 """`python -m trainer.main` with bad flags, paths and data: `error: ...`, non-zero exit, no
 traceback; flag and run-directory errors before TensorFlow is imported, touching nothing."""
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -47,7 +49,7 @@ def run_wrapped(args):
 
 
 def test_path_and_flag_errors_come_before_tensorflow_and_change_nothing(
-        tmp_path, corpus_files, bert_chinese_dir):
+        tmp_path, corpus_files, bert_chinese_dir, e5_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     good = flags_for(corpus_files, bert_chinese_dir, run_dir, tmp_path)
@@ -59,7 +61,26 @@ def test_path_and_flag_errors_come_before_tensorflow_and_change_nothing(
     empty.mkdir()
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    # Encoder directories transformers cannot use (links to the shared model's small files, and
+    # a 1-byte stand-in for the weights): the weights without a tokenizer, or PyTorch pickles.
+    no_tokenizer, pickled = tmp_path / "no_tokenizer", tmp_path / "pickled"
+    for directory, files in ((no_tokenizer, ["tf_model.h5"]),
+                             (pickled, ["pytorch_model.bin", "tokenizer.json"])):
+        directory.mkdir()
+        (directory / "config.json").symlink_to(e5_dir / "config.json")
+        for name in files:
+            (directory / name).write_bytes(b"x")
     cases = [
+        ([f"--pretrained={no_tokenizer}", "--tokenizer=", "--encoder_config="],
+         f"error: --pretrained='{no_tokenizer}' is also the tokenizer (no --tokenizer given), but "
+         f"{no_tokenizer} holds no tokenizer files: expected tokenizer.json, or the vocabulary of "
+         f"a tokenizer transformers can convert (vocab.txt, sentencepiece.bpe.model, "
+         f"spiece.model, tokenizer.model, or vocab.json with merges.txt)"),
+        ([f"--pretrained={pickled}", "--encoder_config="],
+         f"error: --pretrained='{pickled}': {pickled} holds only PyTorch pickles "
+         f"(pytorch_model.bin), which are refused"),
+        ([f"--pretrained={pickled}", "--encoder_config="],
+         f"m.save_pretrained('{pickled}', safe_serialization=True)"),
         ([f"--manifest={empty}"], f"error: --manifest='{empty}': no manifest.json"),
         ([f"--run_dir={a_file}"], f"error: --run_dir='{a_file}' is a file, expected a dir"),
         (["--batch_size=8"], "was created with a different config (--batch_size: 4 -> 8)"),
@@ -136,6 +157,18 @@ def test_data_errors_after_tensorflow_end_in_one_error_line(tmp_path, corpus_fil
     code = run_in_process(args + [f"--manifest={shards}", "--overwrite", "--nofeature_cache"])
     assert code.startswith("error: ") and shard.name in code, code
 
+    # The same shard with the manifest's size and sha256 updated to match: the record that
+    # fails to read is named before training, not by TensorFlow's iterator.
+    manifest = json.loads((shards / "manifest.json").read_text())
+    entry = next(e for e in manifest["splits"]["train"]["shards"] if e["file"] == shard.name)
+    entry["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    code = run_in_process(args + [f"--manifest={shards}", "--overwrite", "--nofeature_cache"])
+    assert re.fullmatch(rf"error: shard {re.escape(str(shard))} \(split 'train'\): record \d+ "
+                        rf"cannot be read \(.*\): the shard is damaged; re-run preprocessing "
+                        rf"with --overwrite \(`python -m data_pipeline.preprocess "
+                        rf"--output_dir={re.escape(str(shards))} --overwrite` .*\)", code), code
+
 
 def test_tensorflow_op_errors_lose_their_graph_trailers(tmp_path, corpus_files, bert_chinese_dir,
                                                         run_in_process, monkeypatch):
@@ -153,6 +186,20 @@ def test_tensorflow_op_errors_lose_their_graph_trailers(tmp_path, corpus_files, 
     assert code == ("error: Key: label_ids.  Can't parse serialized Example. "
                     "(InvalidArgumentError from TensorFlow)")
 
+    def iterator_assertion(config, run_dir):
+        raise tf.errors.InvalidArgumentError(
+            None, None, "{{function_node __wrapped__IteratorGetNext_output_types_8_device_/job:"
+                        "localhost/replica:0/task:0/device:CPU:0}} assertion failed: [shard "
+                        "/d/dev-00000-of-00001.tfrecord is corrupt or truncated: only 3 of its 5 "
+                        "records (per the manifest) could be read]\n\t [[{{node Assert/Assert}}]]"
+                        " [Op:IteratorGetNext] name: ")
+
+    monkeypatch.setattr(loop, "train_and_evaluate", iterator_assertion)
+    code = run_in_process(flags_for(corpus_files, bert_chinese_dir, tmp_path / "run", tmp_path))
+    assert code == ("error: shard /d/dev-00000-of-00001.tfrecord is corrupt or truncated: only 3 "
+                    "of its 5 records (per the manifest) could be read (InvalidArgumentError "
+                    "from TensorFlow)")
+
     def missing(config, run_dir):
         raise FileNotFoundError(2, "No such file or directory", "/data/gone.txt")
 
@@ -160,3 +207,13 @@ def test_tensorflow_op_errors_lose_their_graph_trailers(tmp_path, corpus_files, 
     code = run_in_process(flags_for(corpus_files, bert_chinese_dir, tmp_path / "run", tmp_path))
     assert code == "error: [Errno 2] No such file or directory: '/data/gone.txt'"
     assert os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+
+
+def test_a_stray_argument_is_one_error_line_naming_it():
+    from trainer import main as main_lib
+
+    with pytest.raises(SystemExit) as exit_info:
+        main_lib.main(["trainer.main", "runs/x", "lr=1e-3"])
+    assert exit_info.value.code == (
+        "error: unexpected arguments ['runs/x', 'lr=1e-3']: every value is given as a flag, "
+        "--name=value (`python -m trainer.main --helpfull` lists the flags)")

@@ -2,10 +2,12 @@
 what killed saves leave is cleaned, train_log.jsonl and the event files hold each step once
 after a restart, and a manifest whose counts disagree with its shards is refused."""
 
+import hashlib
 import json
 import math
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -14,6 +16,8 @@ import tensorflow as tf
 
 from data_pipeline.dataset import ShardError
 from data_pipeline.manifest import load_manifest
+from data_pipeline.records import decode_example, encode_example
+from data_pipeline.recount import check_split
 from tests import trainer_testing as tt
 from trainer import cache, checkpointing, event_truncation, run_events, summaries, train_log
 
@@ -248,4 +252,128 @@ def test_every_split_is_verified_and_counts_are_cross_checked(shards, tmp_path):
     data[len(data) // 2] ^= 1
     test_shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=test_shard.name + ".*sha256"):
+        cache.verify_data(load_manifest(copy))
+
+
+def edited_copy(shards, tmp_path, edit):
+    """A copy of the tiny shards whose manifest `edit(manifest)` changed."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def minus(split, name, amount):
+    """An edit taking `amount` from a count (adding it where the count is smaller)."""
+    def edit(manifest):
+        counts = manifest["splits"][split]["counts"]
+        counts[name] += -amount if counts[name] > amount else amount
+    return edit
+
+
+def more_entities(manifest):
+    manifest["splits"]["train"]["counts"]["entities"]["LOC"] += 1
+
+
+def longer_histogram(manifest):
+    histogram = manifest["splits"]["test"]["length_histogram"]
+    histogram[-1] += 1
+
+
+def fewer_records(manifest):
+    manifest["splits"]["dev"]["shards"][0]["records"] -= 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (minus("dev", "sentences", 50), r"split 'dev' says counts.sentences = \d+, but its 1 shard"),
+    (minus("test", "characters", 1), r"split 'test' says counts.characters = \d+, but"),
+    (minus("train", "tokens", 7), r"split 'train' says counts.tokens = \d+, but"),
+    (minus("dev", "max_sentence_length", 1), r"split 'dev' says counts.max_sentence_length"),
+    (minus("test", "sentences_split", 1), r"split 'test' says counts.sentences_split"),
+    (minus("dev", "entity_words", 1), r"split 'dev' says counts.entity_words"),
+    (more_entities, r"split 'train' says counts.entities = \{.*'LOC': \d+"),
+    (longer_histogram, r"split 'test' has a length_histogram that differs from its 1 shard"),
+    (fewer_records, r"shard dev-00000-of-00001.tfrecord of split 'dev' holds \d+ records but "
+                    r"the manifest says \d+"),
+], ids=["dev-sentences", "test-characters", "train-tokens", "dev-max-length",
+        "test-split-sentences", "dev-entity-words", "train-entities", "histogram", "records"])
+def test_each_count_of_every_split_is_checked_against_the_shards(shards, tmp_path, edit,
+                                                                 message):
+    copy = edited_copy(shards, tmp_path, edit)
+    with pytest.raises(ShardError, match=r"manifest.json: " + message) as info:
+        cache.verify_data(load_manifest(copy))
+    # The manifest's value, what the shards hold, and what to do.
+    assert "the manifest was edited or damaged; re-run preprocessing with --overwrite" in str(
+        info.value)
+
+
+def test_the_recount_is_what_preprocessing_counted(shards):
+    manifest = load_manifest(shards)
+    for split, info in manifest["splits"].items():
+        recount = check_split(manifest, split)
+        assert recount["counts"]["sentences"] > 0
+        assert recount["counts"] == {name: info["counts"][name] for name in recount["counts"]}
+        assert recount["length_histogram"] == info["length_histogram"]
+        assert recount["records"] == [shard["records"] for shard in info["shards"]]
+
+
+def rewrite_shard(copy, split, change):
+    """Rewrites the split's first shard as `change(data) -> bytes`; the manifest's size and
+    sha256 follow, as if both had been edited."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["splits"][split]["shards"][0]
+    shard = copy / entry["file"]
+    data = change(shard.read_bytes())
+    shard.write_bytes(data)
+    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return shard
+
+
+def test_a_bit_flip_with_its_sha256_updated_names_shard_split_and_record(shards, tmp_path):
+    copy = edited_copy(shards, tmp_path, lambda manifest: None)
+
+    def flip(data):
+        data = bytearray(data)
+        data[len(data) // 2] ^= 1
+        return bytes(data)
+
+    shard = rewrite_shard(copy, "dev", flip)
+    with pytest.raises(ShardError) as info:
+        cache.verify_data(load_manifest(copy))
+    message = str(info.value)
+    assert re.fullmatch(
+        rf"shard {re.escape(str(shard))} \(split 'dev'\): record (\d+) cannot be read "
+        rf"\(corrupted record at \d+\): the shard is damaged; re-run preprocessing with "
+        rf"--overwrite .*", message), message
+    # Record numbers count from 1: the flipped bit is past the first half of the records.
+    records = load_manifest(copy)["splits"]["dev"]["shards"][0]["records"]
+    assert records // 3 < int(re.search(r"record (\d+)", message)[1]) <= records
+    assert "\n" not in message and "function_node" not in message
+
+
+def test_a_record_that_parses_but_fails_a_check_is_named(shards, tmp_path):
+    copy = edited_copy(shards, tmp_path, lambda manifest: None)
+    num_labels = len(load_manifest(copy)["label_map"])
+
+    def bad_label_in_third_record(data):
+        options = tf.io.TFRecordOptions(compression_type="")
+        path = tmp_path / "rewritten.tfrecord"
+        with tf.io.TFRecordWriter(str(path), options) as writer:
+            for i, serialized in enumerate(tf.data.TFRecordDataset(str(original))):
+                record = decode_example(serialized.numpy())
+                if i == 2:
+                    record["label_ids"][1] = num_labels  # one past the label map
+                writer.write(encode_example(**record))
+        return path.read_bytes()
+
+    original = tmp_path / "original.tfrecord"
+    original.write_bytes((copy / load_manifest(copy)["splits"]["test"]["shards"][0]["file"])
+                         .read_bytes())
+    shard = rewrite_shard(copy, "test", bad_label_in_third_record)
+    with pytest.raises(ShardError, match=rf"shard {re.escape(str(shard))} \(split 'test'\): "
+                                         rf"record 3 fails a check: a label id outside the "
+                                         rf"label map \(0..{num_labels - 1}, or -100\)"):
         cache.verify_data(load_manifest(copy))
