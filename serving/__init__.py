@@ -18,8 +18,8 @@ from serving.export_format import (
                                    INPUT_FORMATS, LABEL_MAP_FILE, MAX_LINE_CHARS, NORMALISED_AWAY,
                                    PREPROCESSING_FILE, SEPARATORS, SIGNATURE, SIGNATURE_NAME,
                                    TEXT_SIGNATURE, TEXT_SIGNATURE_NAME, TOKENIZER_FILE,
-                                   TOKENIZER_INFO_FILE, ExportError, ExportSettings, read_export,
-                                   read_json)
+                                   TOKENIZER_INFO_FILE, WORD_TEXT_SIGNATURE, ExportError,
+                                   ExportSettings, read_export, read_json)
 from serving.line_encoder import EncodedLine, LineEncoder, split_line
 from serving.predictor import LinePrediction, Predictor, entities_of
 
@@ -27,6 +27,7 @@ __all__ = [
     "EMPTY_LINE", "EXPORT_FORMAT_VERSION", "EXPORT_MANIFEST", "INPUT_FORMATS", "LABEL_MAP_FILE",
     "MAX_LINE_CHARS", "NORMALISED_AWAY", "PREPROCESSING_FILE", "SEPARATORS", "SIGNATURE",
     "SIGNATURE_NAME", "TEXT_SIGNATURE", "TEXT_SIGNATURE_NAME", "TOKENIZER_FILE",
-    "TOKENIZER_INFO_FILE", "ExportError", "ExportSettings", "read_export", "read_json",
+    "TOKENIZER_INFO_FILE", "WORD_TEXT_SIGNATURE", "ExportError", "ExportSettings", "read_export",
+    "read_json",
     "EncodedLine", "LineEncoder", "split_line", "LinePrediction", "Predictor", "entities_of",
 ]

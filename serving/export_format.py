@@ -4,7 +4,10 @@ An export directory holds:
 
     saved_model.pb, variables/   SavedModel, signature "serving_default" (see SIGNATURE); for
                                  character models also "tag_text" (TEXT_SIGNATURE), text in,
-                                 entities out, the steps of `serving.predictor` inside the graph
+                                 entities out, the steps of `serving.predictor` inside the graph;
+                                 for word models with a WordPiece tokenizer too
+                                 (WORD_TEXT_SIGNATURE; export.json's "text_signature" says
+                                 which, or why there is none)
     label_map.json               ["O", "B-LOC", "I-LOC", ...], index = tag id
     tokenizer.json               the backend tokenizer exactly as preprocessing used it (with
                                  the SentencePiece `▁` marker setting applied)
@@ -62,6 +65,27 @@ TEXT_SIGNATURE = {
         "num_unknown": "int32 [batch], characters tagged from the tokenizer's unknown token",
         "error": "string [batch], why the line was not tagged (as serving.predict says), "
                  "'' when it was",
+    },
+}
+# The text-in signature of word-level models (input_format=conll, a WordPiece tokenizer): the
+# same input, per-word instead of per-character tags. Loading it needs `import tensorflow_text`.
+WORD_TEXT_SIGNATURE = {
+    "inputs": TEXT_SIGNATURE["inputs"],
+    "outputs": {
+        "num_chars": TEXT_SIGNATURE["outputs"]["num_chars"],
+        "num_words": "int32 [batch], words in the line (runs of characters other than spaces, "
+                     "tabs and line ends); 0 for a line not tagged",
+        "word_start": "int32 [batch, max_words], character offset of each word; -1 padding",
+        "word_end": "int32 [batch, max_words], exclusive; -1 padding",
+        "tags": "string [batch, max_words], the IOB2 tag of each word; '' padding",
+        "tag_probs": "float32 [batch, max_words], probability of each word's tag (CRF: "
+                     "marginal); 0 padding",
+        **{key: TEXT_SIGNATURE["outputs"][key] for key in (
+            "num_entities", "entity_start", "entity_end", "entity_type", "entity_text")},
+        "entity_score": "float32 [batch, max_entities], mean tag probability over the "
+                        "entity's words; 0 padding",
+        "num_unknown": "int32 [batch], words tagged from the tokenizer's unknown token alone",
+        "error": TEXT_SIGNATURE["outputs"]["error"],
     },
 }
 # Longer lines are not tagged (serving.predict's default --max_line_chars).

@@ -12,6 +12,23 @@ import sys
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# A script prefix for `python -I`: makes this project (and transformers, tokenizers) impossible to
+# import, as where an export is served by plain TensorFlow.
+BLOCK_PROJECT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("trainer", "models", "data_pipeline", "serving", "tests",
+                                  "transformers", "tokenizers"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+try:
+    import trainer
+except ImportError:
+    pass
+else:
+    raise SystemExit("the project is importable")
+"""
 TINY_BERT = dict(vocab_size=21128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, max_position_embeddings=128)
 

@@ -12,8 +12,10 @@ used it, the windowing settings and export.json (see `serving.export_format` for
 A character model's SavedModel also has the signature "tag_text": raw UTF-8 lines in, entities
 with character offsets out, tokenization (a per-code-point piece table built at export with the
 real tokenizer), windows, merging and entity extraction all inside the graph, so TF Serving or any
-TensorFlow runtime can serve text without this project (see trainer/text_signature.py).
-Word-level models do not get it (it would need tensorflow-text); export.json says why.
+TensorFlow runtime can serve text without this project (see trainer/text_signature.py). A
+word-level model with a WordPiece tokenizer gets it too, its words tokenized with
+tensorflow-text (which the loading process must import); other word-level models do not, and
+export.json and a line of the command's output say why.
 
 The model is rebuilt from the model config the run directory carries (model_config.json, written
 by the trainer when the run starts; see trainer/run_dir.py) with the same mixed precision policy as
@@ -35,7 +37,9 @@ This file writes the export directory and holds the command line; the parts it p
     trainer/rebuild.py           rebuilds the run's tokenizer and model from the checkpoint
     trainer/serving_function.py  the "serving_default" tf.function
     trainer/piece_table.py       every code point's piece ids, for "tag_text"
-    trainer/text_signature.py    the "tag_text" tf.function (its steps: text_signature_steps.py)
+    trainer/word_tokenizer.py    a word model's WordPiece tables, for "tag_text"
+    trainer/text_signature.py    the "tag_text" tf.function (its steps: text_signature_steps.py,
+                                 text_signature_words.py)
 """
 
 from __future__ import annotations
@@ -89,15 +93,14 @@ def _serving_module(model, *, label_map: list[str], tokenizer_json: str, tokeniz
                     max_seq_length: int, stride: int, input_format: str):
     """What `export_model` saves: (tf.Module, its signatures, export.json's "text_signature").
 
-    "serving_default" always; "tag_text" when the model and tokenizer allow it, else the
-    "text_signature" entry says why not.
+    "serving_default" always; "tag_text" when the model and tokenizer allow it (character
+    models; word models with a WordPiece tokenizer), else the "text_signature" entry says why
+    not.
     """
     import tensorflow as tf
 
-    from trainer.piece_table import piece_table
     from trainer.serving_function import serving_function
-    from trainer.text_signature import (TEXT_WINDOW_BATCH, text_signature_function,
-                                        text_signature_unavailable)
+    from trainer.text_signature import TEXT_WINDOW_BATCH, text_signature_unavailable
 
     module = tf.Module()
     # Only the variables are tracked (not the Keras model), so saving does not serialise
@@ -106,21 +109,38 @@ def _serving_module(model, *, label_map: list[str], tokenizer_json: str, tokeniz
     module.serve = serving_function(model)
     signatures = {export_format.SIGNATURE_NAME: module.serve}
     unavailable = text_signature_unavailable(tokenizer_json, input_format)
-    if unavailable is None:
+    if unavailable is not None:
+        return module, signatures, {"name": None, "unavailable": unavailable}
+    settings = dict(label_map=list(label_map), prefix_ids=list(tokenizer_info["prefix_ids"]),
+                    suffix_ids=list(tokenizer_info["suffix_ids"]),
+                    pad_token_id=int(tokenizer_info["pad_token_id"]),
+                    max_seq_length=int(max_seq_length), stride=int(stride))
+    if input_format == "char":
+        from trainer.piece_table import piece_table
+        from trainer.text_signature import text_signature_function
+
         module.tag_text = text_signature_function(
-            model, piece_table(tokenizer_json, int(tokenizer_info["unk_token_id"])),
-            label_map=list(label_map), prefix_ids=list(tokenizer_info["prefix_ids"]),
-            suffix_ids=list(tokenizer_info["suffix_ids"]),
-            pad_token_id=int(tokenizer_info["pad_token_id"]),
-            max_seq_length=int(max_seq_length), stride=int(stride))
-        signatures[export_format.TEXT_SIGNATURE_NAME] = module.tag_text
-        text_signature = {"name": export_format.TEXT_SIGNATURE_NAME,
-                          **export_format.TEXT_SIGNATURE,
-                          "max_line_chars": export_format.MAX_LINE_CHARS,
-                          "window_batch_size": TEXT_WINDOW_BATCH}
+            model, piece_table(tokenizer_json, int(tokenizer_info["unk_token_id"])), **settings)
+        described = {**export_format.TEXT_SIGNATURE,
+                     "tokenizer": "piece table: every code point's pieces, core TensorFlow ops"}
     else:
-        text_signature = {"name": None, "unavailable": unavailable}
-    return module, signatures, text_signature
+        import importlib.metadata
+
+        from trainer.text_signature import word_text_signature_function
+        from trainer.word_tokenizer import wordpiece_tables
+
+        module.tag_text = word_text_signature_function(
+            model, wordpiece_tables(tokenizer_json),
+            unk_token_id=int(tokenizer_info["unk_token_id"]), **settings)
+        described = {**export_format.WORD_TEXT_SIGNATURE,
+                     "tokenizer": "WordPiece: per-code-point normaliser and pre-tokenizer "
+                                  "tables, tensorflow-text FastWordpieceTokenizer",
+                     "requires": f"tensorflow-text=={importlib.metadata.version('tensorflow-text')}"
+                                 f": import tensorflow_text before loading the SavedModel"}
+    signatures[export_format.TEXT_SIGNATURE_NAME] = module.tag_text
+    return module, signatures, {"name": export_format.TEXT_SIGNATURE_NAME, **described,
+                                "max_line_chars": export_format.MAX_LINE_CHARS,
+                                "window_batch_size": TEXT_WINDOW_BATCH}
 
 
 def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
@@ -270,7 +290,7 @@ def _versions() -> dict:
     import importlib.metadata
 
     out = {}
-    for name in ("tensorflow", "tf-keras", "transformers", "tokenizers"):
+    for name in ("tensorflow", "tf-keras", "transformers", "tokenizers", "tensorflow-text"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -313,6 +333,14 @@ def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, *,
         save_pretrained=save_pretrained, pretrained_tokenizer=run.manifest["tokenizer"]["name"],
         overwrite=overwrite)
     log(f"exported {prefix} (step {step}) to {path}")
+    text_signature = json.loads((path / export_format.EXPORT_MANIFEST).read_text(
+        encoding="utf-8"))["text_signature"]
+    if text_signature["name"] is None:
+        log(f"note: no {export_format.TEXT_SIGNATURE_NAME} signature (text in, entities out): "
+            f"{text_signature['unavailable']}")
+    elif "requires" in text_signature:
+        log(f"note: its {export_format.TEXT_SIGNATURE_NAME} signature needs "
+            f"{text_signature['requires']}")
     return path
 
 

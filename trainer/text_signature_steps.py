@@ -5,10 +5,12 @@ export holds (its docstring draws the pipeline on an example). Each runs eagerly
 tested alone against its Python counterpart (`data_pipeline.windows`, `data_pipeline.tags`).
 
 Shapes: a batch holds B lines of C characters in all, N tokens to tag (the characters of the
-tagged lines that are not separators), W windows of at most T pieces; a line-local token index
-counts the tokens of its line from 0.
+tagged lines that are not separators; for word models their words), W windows of at most T
+pieces; a line-local token index counts the tokens of its line from 0.
 
-Eight steps and the four tuples they pass between them make a little over 400 lines: one file,
+Word models replace step 1 (after `decode_characters`) and the per-character outputs of step 5
+with their own (`trainer.text_signature_words`); windows, the model, merging and entities are
+the same steps. They and the four tuples they pass between them make about 460 lines: one file,
 so that the pipeline reads from top to bottom in the order it runs.
 """
 
@@ -33,8 +35,10 @@ class Lines(NamedTuple):
       num_chars: int64 [B], characters per line.
       char_line: int64 [C], each character's line.
       char_offset: int64 [C], each character's offset in its line.
-      entry: int64 [C], each character's piece table entry.
-      tagged: bool [C], a token (not a separator) of a line that is tagged.
+      entry: int64 [C], each character's piece table entry (character models; -1 for word
+        models).
+      tagged: bool [C], a token (not a separator), or a character of one, of a line that is
+        tagged.
       error: string [B], why the line is not tagged (serving.predict's message), "" if it is.
     """
 
@@ -49,10 +53,12 @@ class Lines(NamedTuple):
 
 
 class Tokens(NamedTuple):
-    """The N tokens of the tagged lines, line by line (`split_tokens`).
+    """The N tokens (characters or words) of the tagged lines, line by line (`split_tokens`,
+    `trainer.text_signature_words.split_words`).
 
     Attributes:
-      token_char: int64 [N], index of the token's character in the flat characters [C].
+      token_char: int64 [N], index of the token's (first) character in the flat characters [C].
+      token_last_char: int64 [N], index of its last character (token_char for a character).
       token_line: int64 [N], its line.
       token_index: int64 [N], its line-local index.
       num_tokens: int64 [], N.
@@ -64,6 +70,7 @@ class Tokens(NamedTuple):
     """
 
     token_char: tf.Tensor
+    token_last_char: tf.Tensor
     token_line: tf.Tensor
     token_index: tf.Tensor
     num_tokens: tf.Tensor
@@ -102,24 +109,20 @@ class WindowInputs(NamedTuple):
     lengths: tf.Tensor
 
 
-def decode_lines(text: tf.Tensor, table: PieceTable, *, max_line_chars: int) -> Lines:
-    """Step 1: UTF-8 lines -> characters, which of them to tag, and why a line is not tagged.
+def decode_characters(text: tf.Tensor) -> Lines:
+    """Step 1, for character and word models: UTF-8 lines -> their characters.
 
-    Invalid UTF-8 is read as U+FFFD exactly as Python's errors="replace". Separators
-    (`serving.export_format.SEPARATORS`) are not tokens. A line is not tagged if it has more
-    than `max_line_chars` characters, no token, or only tokens the normaliser removes.
+    Invalid UTF-8 is read as U+FFFD exactly as Python's errors="replace". Leaves to the model's
+    own step what depends on its tokenizer: `entry` is -1, `tagged` marks every character that
+    is not a separator (`serving.export_format.SEPARATORS`), `error` is "".
 
     Args:
       text: string [B].
-      table: the piece table of the tokenizer.
-      max_line_chars: longer lines are not tagged.
 
     Returns:
       Lines (B lines, C characters).
     """
     separators = np.asarray([ord(c) for c in export_format.SEPARATORS], np.int32)
-    too_long = (f"more than max_line_chars={max_line_chars:,} characters; split it into "
-                f"several lines")
     chars = tf.strings.unicode_decode(text, "UTF-8", errors="replace",
                                       replacement_char=0xFFFD)  # int32 [B, (C)]
     num_lines = tf.shape(text, out_type=tf.int64)[0]
@@ -129,20 +132,60 @@ def decode_lines(text: tf.Tensor, table: PieceTable, *, max_line_chars: int) -> 
     char_offset = (tf.range(tf.size(code_points, out_type=tf.int64))
                    - tf.gather(chars.row_splits, char_line))  # offset in its line
     is_token = tf.reduce_all(code_points[:, None] != separators[None, :], axis=1)
-    entry = tf.searchsorted(tf.constant(table.starts), code_points, side="right",
+    return Lines(chars, num_lines, num_chars, char_line, char_offset,
+                 tf.fill(tf.shape(char_line), tf.constant(-1, tf.int64)), is_token,
+                 tf.fill([num_lines], ""))
+
+
+def line_errors(lines: Lines, tokens_in_line: tf.Tensor, real_in_line: tf.Tensor, *,
+                max_line_chars: int) -> tf.Tensor:
+    """Why each line is not tagged, with serving.predict's messages ("" if it is tagged).
+
+    Args:
+      lines: from `decode_characters`.
+      tokens_in_line: int64 [B], tokens (characters or words) per line.
+      real_in_line: int64 [B], those of them that the tokenizer gives a piece.
+      max_line_chars: longer lines are not tagged.
+
+    Returns:
+      string [B].
+    """
+    too_long = (f"more than max_line_chars={max_line_chars:,} characters; split it into "
+                f"several lines")
+    return tf.where(lines.num_chars > max_line_chars, too_long, tf.where(
+        tokens_in_line == 0, export_format.EMPTY_LINE,
+        tf.where(real_in_line == 0, export_format.NORMALISED_AWAY, "")))
+
+
+def decode_lines(text: tf.Tensor, table: PieceTable, *, max_line_chars: int) -> Lines:
+    """Step 1 (character models): UTF-8 lines -> characters, which of them to tag, and why a
+    line is not tagged.
+
+    A line is not tagged if it has more than `max_line_chars` characters, no token, or only
+    tokens the normaliser removes.
+
+    Args:
+      text: string [B].
+      table: the piece table of the tokenizer.
+      max_line_chars: longer lines are not tagged.
+
+    Returns:
+      Lines (B lines, C characters).
+    """
+    lines = decode_characters(text)
+    is_token = lines.tagged
+    entry = tf.searchsorted(tf.constant(table.starts), lines.chars.flat_values, side="right",
                             out_type=tf.int64) - 1
 
     # Lines that are not tagged, with serving.predict's reasons.
-    tokens_in_line = tf.math.unsorted_segment_sum(tf.cast(is_token, tf.int64), char_line,
-                                                  num_lines)
+    tokens_in_line = tf.math.unsorted_segment_sum(tf.cast(is_token, tf.int64), lines.char_line,
+                                                  lines.num_lines)
     real = is_token & ~tf.gather(tf.constant(table.pieceless), entry)
-    real_in_line = tf.math.unsorted_segment_sum(tf.cast(real, tf.int64), char_line, num_lines)
-    long_line = num_chars > max_line_chars
-    error = tf.where(long_line, too_long, tf.where(
-        tokens_in_line == 0, export_format.EMPTY_LINE,
-        tf.where(real_in_line == 0, export_format.NORMALISED_AWAY, "")))
-    tagged = is_token & tf.gather(~long_line & (real_in_line > 0), char_line)
-    return Lines(chars, num_lines, num_chars, char_line, char_offset, entry, tagged, error)
+    real_in_line = tf.math.unsorted_segment_sum(tf.cast(real, tf.int64), lines.char_line,
+                                                lines.num_lines)
+    error = line_errors(lines, tokens_in_line, real_in_line, max_line_chars=max_line_chars)
+    tagged = is_token & tf.gather(error == "", lines.char_line)
+    return lines._replace(entry=entry, tagged=tagged, error=error)
 
 
 def split_tokens(lines: Lines, table: PieceTable, *, budget: int) -> Tokens:
@@ -171,8 +214,8 @@ def split_tokens(lines: Lines, table: PieceTable, *, budget: int) -> Tokens:
     cum_pieces = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(pieces.row_lengths())], 0)
     unknown = tf.cast(tf.gather(tf.constant(table.unknown), token_entry), tf.int32)
     num_unknown = segment_sum(unknown, token_line, lines.num_lines)    # [B]
-    return Tokens(token_char, token_line, token_index, num_tokens, line_tokens, line_first,
-                  pieces, cum_pieces, num_unknown)
+    return Tokens(token_char, token_char, token_line, token_index, num_tokens, line_tokens,
+                  line_first, pieces, cum_pieces, num_unknown)
 
 
 def plan_windows(tokens: Tokens, *, budget: int, stride: int) -> Windows:
@@ -401,7 +444,7 @@ def entity_outputs(lines: Lines, tokens: Tokens, token_tag: tf.Tensor, token_pro
                     tf.float32)
     entity_line = tf.gather(tokens.token_line, first)
     start = tf.gather(lines.char_offset, tf.gather(tokens.token_char, first))
-    end = tf.gather(lines.char_offset, tf.gather(tokens.token_char, first + count - 1)) + 1
+    end = tf.gather(lines.char_offset, tf.gather(tokens.token_last_char, first + count - 1)) + 1
     types = tf.gather(tf.constant(kind_names), tf.gather(kind_id, tf.gather(token_tag, first)))
     line_start = tf.gather(lines.chars.row_splits, entity_line)
     text = tf.strings.unicode_encode(tf.gather(

@@ -1,7 +1,8 @@
 """The text-in signature `tag_text`: raw UTF-8 lines in, entities out, everything inside the
 SavedModel. On People's Daily test it returns exactly what `serving.predict` returns; it runs in
 a process that cannot import this project and through `saved_model_cli run`; bad input gets a
-defined answer; a word-level export says why it has no such signature."""
+defined answer; a word-level export with a SentencePiece tokenizer says why it has no such
+signature (word-level exports that have one: test_export_word_tag_text.py)."""
 
 import io
 import json
@@ -193,23 +194,6 @@ def test_small_windows_and_characters_of_many_pieces(tmp_path, e5_dir, people_da
                                    prediction.tag_probs, atol=1e-6, err_msg=lines[row])
 
 
-BLOCK_PROJECT = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("trainer", "models", "data_pipeline", "serving", "tests",
-                                  "transformers", "tokenizers"):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
-try:
-    import trainer
-except ImportError:
-    pass
-else:
-    raise SystemExit("the project is importable")
-"""
-
-
 def plain(strings):
     """A numpy array of bytes as (nested) lists of str."""
     if strings.ndim == 1:
@@ -225,7 +209,7 @@ def test_runs_without_the_project_and_through_saved_model_cli(export_dir, tag_te
     # `python -I`: no PYTHONPATH, no user site, not the current directory; the project's
     # editable install would still be found, so its packages are blocked too.
     script = tmp_path / "serve.py"
-    script.write_text(BLOCK_PROJECT + textwrap.dedent(f"""
+    script.write_text(tt.BLOCK_PROJECT + textwrap.dedent(f"""
         import json
         import tensorflow as tf
         tag_text = tf.saved_model.load({str(export_dir)!r}).signatures["tag_text"]
@@ -292,10 +276,12 @@ def test_piece_table_is_what_preprocessing_gives_each_character(e5_dir, bert_chi
     assert len(e5.pieces("½")) == 3  # one character, several pieces
 
 
-def test_word_level_export_has_no_text_signature_and_says_why(tmp_path, bert_chinese_dir):
+def test_sentencepiece_word_level_export_has_no_text_signature_and_says_why(tmp_path, e5_dir):
+    """Word-level models get tag_text with a WordPiece tokenizer only
+    (test_export_word_tag_text.py); with e5's SentencePiece one export.json says why not."""
     from models import TaggerConfig, build_tagger
 
-    backend, info = tokenization.prepare_tokenizer(bert_chinese_dir, word_boundary_marker="auto",
+    backend, info = tokenization.prepare_tokenizer(e5_dir, word_boundary_marker="auto",
                                                    input_format="conll")
     model = build_tagger(TaggerConfig(encoder="embedding", vocab_size=info.vocab_size,
                                       embedding_dim=8, bilstm_layers=0, head="softmax",
@@ -305,7 +291,7 @@ def test_word_level_export_has_no_text_signature_and_says_why(tmp_path, bert_chi
                                     tokenizer_info=info.to_json(), max_seq_length=32, stride=8,
                                     input_format="conll")
     signature = serving.read_export(directory).manifest["text_signature"]
-    assert signature["name"] is None and "tensorflow-text" in signature["unavailable"]
+    assert signature["name"] is None and "SentencePiece" in signature["unavailable"]
     assert set(tf.saved_model.load(str(directory)).signatures) == {"serving_default"}
 
 
