@@ -40,9 +40,9 @@ def note_missing_gpu() -> str | None:
     """Looks for GPUs now and, if there are none, logs what that means; returns the note.
 
     A CUDA build of TensorFlow logs an error-level "failed call to cuInit: ... (303)" the first
-    time it looks for devices on a machine without an NVIDIA driver; `find_gpus` leaves that
-    line out when libcuda.so.1 cannot be loaded (data_pipeline/tensorflow_logs.py), and the
-    note says it instead, at INFO level.
+    time it looks for devices on a machine without an NVIDIA driver (inside app.run: while it is
+    imported). data_pipeline/tensorflow_logs.py leaves that line out, at the import or here,
+    when libcuda.so.1 cannot be loaded, and the note says it instead, at INFO level.
     """
     if tensorflow_logs.find_gpus():
         return None

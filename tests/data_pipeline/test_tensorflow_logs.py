@@ -1,6 +1,7 @@
 """TensorFlow's false or meaningless log lines are left out at the step that prints them, and
 nothing else is: other lines, their order, and what a dying process wrote all arrive."""
 
+import os
 import re
 import signal
 import subprocess
@@ -81,11 +82,9 @@ print("after", file=sys.stderr)
 
 
 def run_writer(mode, env=None):
-    import os
-
     return subprocess.run([sys.executable, "-c", WRITER, mode, PREINIT, DT_BOOL], cwd=REPO,
                           capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+                          env=dict(os.environ, **(env or {})))
 
 
 def test_only_the_listed_lines_are_dropped_and_the_rest_keeps_its_order():
