@@ -14,7 +14,7 @@ import unicodedata
 
 import numpy as np
 
-from data_pipeline import corpus, records, tokenization, windows
+from data_pipeline import corpus, records, tensorflow_logs, tokenization, windows
 from data_pipeline.manifest import file_sha256
 from data_pipeline.workers import die_with_parent
 
@@ -38,7 +38,6 @@ def init_worker(backend_json: str, info: dict, parent_pid: int | None = None) ->
     if parent_pid is not None:
         die_with_parent(parent_pid)
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # processes give the parallelism
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = tokenization.TokenizerInfo(**info)
     backend = Tokenizer.from_str(backend_json)
     _WORKER.update(encoder=tokenization.TokenEncoder(backend, info.unk_token_id), info=info,
@@ -90,7 +89,7 @@ def write_shard(task: dict) -> dict:
       corpus.CorpusError: a tag that does not fit the scheme or the label map, or a file that
         changed since it was scanned.
     """
-    import tensorflow as tf
+    tf = tensorflow_logs.import_tensorflow()  # its TFRecord writer; without the import's noise
 
     encoder, info = _WORKER["encoder"], _WORKER["info"]
     label_to_id = {label: i for i, label in enumerate(task["label_map"])}

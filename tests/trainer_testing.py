@@ -6,6 +6,7 @@ for multi-worker runs, and to keep op determinism out of the pytest process)."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,20 @@ def run_main(args, *, env=None, timeout=300, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"trainer.main exited {result.returncode}:\n{result.stderr[-5000:]}")
     return result
+
+
+# A line at WARNING level or above (issue #24): absl's Python format ("W1207 15:12:13.86 ..."),
+# absl's C++ format before absl::InitializeLog ("E0000 00:00:1796656329.58 ...") and its
+# "WARNING: All log messages before absl::InitializeLog() ...", the standard library's
+# ("WARNING:absl:", "ERROR:..."), tf_logging's ("WARNING:tensorflow:"), Python warnings
+# ("file.py:3: UserWarning: ...") and tracebacks.
+LOUD_LINE = re.compile(r"^(?:[WEF]\d{4} \d\d:\d\d:[\d.]+ |WARNING|ERROR|CRITICAL"
+                       r"|\S+:\d+: \w*Warning: |Traceback )")
+
+
+def loud_lines(output):
+    """The lines of `output` that LOUD_LINE matches."""
+    return [line for line in output.splitlines() if LOUD_LINE.match(line)]
 
 
 def train_log(run_dir):

@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
+from data_pipeline import tensorflow_logs
 from data_pipeline.cli import unexpected_arguments
 from trainer import config as config_lib
 
@@ -40,18 +41,15 @@ def note_missing_gpu() -> str | None:
     """Looks for GPUs now and, if there are none, logs what that means; returns the note.
 
     A CUDA build of TensorFlow logs an error-level "failed call to cuInit: ... (303)" the first
-    time it looks for devices on a machine without an NVIDIA driver. No setting removes just
-    that line (TF_CPP_MIN_LOG_LEVEL=3 hides every C++ error; hiding the GPUs would hide real
-    ones), so the devices are looked up here, at a known moment, and our line follows it.
+    time it looks for devices on a machine without an NVIDIA driver (inside app.run: while it is
+    imported). data_pipeline/tensorflow_logs.py leaves that line out, at the import or here,
+    when libcuda.so.1 cannot be loaded, and the note says it instead, at INFO level.
     """
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
+    if tensorflow_logs.find_gpus():
         return None
     note = "no GPU visible to TensorFlow: running on the CPU"
-    if tf.sysconfig.get_build_info().get("is_cuda_build"):
-        note += ("; a 'failed call to cuInit' error just above, from TensorFlow's CUDA build, "
-                 "says only that")
+    if tensorflow_logs.cuda_without_driver():
+        note += " (no NVIDIA driver: libcuda.so.1 cannot be loaded)"
     logging.info(note)
     return note
 
@@ -74,6 +72,7 @@ def main(argv) -> None:
         config_lib.check_run_dir(config)
     except config_lib.ConfigError as error:
         sys.exit(f"error: {error}")
+    tensorflow_logs.import_tensorflow()  # first, so that its import-time noise is left out
     from trainer.loop import train_and_evaluate
 
     user_errors = _user_errors()

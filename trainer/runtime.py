@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from data_pipeline import tensorflow_logs
 from trainer.config import ConfigError, TrainConfig
 
 
@@ -28,7 +29,18 @@ def split_cpu(num_devices: int) -> None:
 
 
 def build_strategy(config: TrainConfig) -> tf.distribute.Strategy:
-    """default | mirrored (over GPUs, or over --num_cpu_devices logical CPUs) | multi_worker."""
+    """default | mirrored (over GPUs, or over --num_cpu_devices logical CPUs) | multi_worker.
+
+    Also spends, while the devices are new, TensorFlow's once-per-process false oneDNN error
+    (`tensorflow_logs.absorb_onednn_dtype_error`), which the model's first bool transpose
+    would print otherwise.
+    """
+    strategy = _create_strategy(config)
+    tensorflow_logs.absorb_onednn_dtype_error()
+    return strategy
+
+
+def _create_strategy(config: TrainConfig) -> tf.distribute.Strategy:
     if config.strategy == "multi_worker":
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING)
