@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import pathlib
 import re
 
 from hypothesis import strategies as st
@@ -39,6 +40,11 @@ ODD_TAGS = ("I-LOC", "I-PER", "E-PER", "M-ORG", "S-LOC", "X-LOC", "B-", "B", "b-
 INSERTED_LINES = ("", "   ", "\t", "-DOCSTART- -X- O O", "-DOCSTART-", "\u3000", "\ufeff")
 BAD_BYTES = (b"\xff", b"\xc3", b"\xe4\xb8", b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", b"\xfe\xff")
 HUGE = 1 << 20
+# Reasons of line errors, as the messages word them, and as `expected_reading` names them.
+REASONS = {"invalid UTF-8": "utf8", "carriage return (CR) inside": "carriage return",
+           "a line feed (LF) in": "carriage return", "columns (token ... tag)": "columns",
+           "but the file is read in the character format": "several characters"}
+LONGEST_MESSAGE = 600  # characters besides the file's path
 HUGE_LINES = ("a" * HUGE + " O", "\u4e2d" * (HUGE // 3) + " O", " ".join(["x"] * (HUGE // 2)),
               "a" * HUGE + " NN I-NP O")
 LINE_ENDS = ("\n", "\r\n", "\r", "\r\r\n", "lf+crlf", "lf+cr", "no final")
@@ -300,3 +306,43 @@ def expected_reading(data: bytes, input_format: str = "auto") -> Reading:
     if current:
         sentences.append(current)
     return Reading(input_format, {k: v for k, v in errors.items() if v}, sentences)
+
+
+# ------------------------------------------------------------------------------------------------
+# What an error message must say
+# ------------------------------------------------------------------------------------------------
+
+def check_error_message(message: str, case: CorpusCase, paths: dict[str, pathlib.Path]):
+    """One line, of reasonable length, naming a file of the case and, for a bad line, that line
+    (one the independent reading also finds wrong, for the reasons it knows)."""
+    assert "\n" not in message and "\r" not in message, message[:2000]
+    assert "Traceback" not in message
+    named = [split for split, path in paths.items() if message.startswith(f"error: {path}")]
+    if not named:
+        # The only errors that are about no single file: the splits' formats disagree.
+        assert message.startswith("error: the splits have different formats"), message[:2000]
+        assert all(str(path) in message for path in paths.values()), message
+        return
+    [split] = named
+    path = paths[split]
+    assert len(message) - len(str(path)) <= LONGEST_MESSAGE, message[:2000]
+    located = re.match(rf"error: {re.escape(str(path))}:(\d+): (.*)", message)
+    if located is None:
+        # Errors about the whole file: it holds no sentence.
+        assert re.match(rf"error: {re.escape(str(path))}: empty file", message), message
+        assert not expected_reading(case.files[split]).sentences, message
+        return
+    line, reason = int(located.group(1)), located.group(2)
+    lines = len(re.split(rb"\r\n|\n|\r", case.files[split]))
+    assert 1 <= line <= lines, message
+    for words, kind in REASONS.items():
+        if words in reason:
+            reading = expected_reading(case.files[split], format_of(case))
+            assert line in reading.error_lines.get(kind, ()), (message, reading.error_lines)
+
+
+def format_of(case: CorpusCase) -> str:
+    """The format preprocessing reads all files in: given, or detected from the first file."""
+    if case.input_format != "auto":
+        return case.input_format
+    return expected_reading(case.files["train"]).format

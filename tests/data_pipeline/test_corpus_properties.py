@@ -31,11 +31,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # What `python -m data_pipeline.preprocess` reports as one `error: ...` line (its `main`); any
 # other exception would reach the user as a traceback.
 USER_ERRORS = (corpus.CorpusError, ValueError, OSError, WorkerDiedError)
-# Reasons of line errors, as the messages word them, and as `expected_reading` names them.
-REASONS = {"invalid UTF-8": "utf8", "carriage return (CR) inside": "carriage return",
-           "a line feed (LF) in": "carriage return", "columns (token ... tag)": "columns",
-           "but the file is read in the character format": "several characters"}
-LONGEST_MESSAGE = 600  # characters besides the file's path
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example])
@@ -59,42 +54,6 @@ def workspace(tmp_path_factory, bert_chinese_dir):
     return SimpleNamespace(root=root, earlier=earlier, tokenizer=str(bert_chinese_dir))
 
 
-def check_error_message(message: str, case: cc.CorpusCase, paths: dict[str, pathlib.Path]):
-    """One line, of reasonable length, naming a file of the case and, for a bad line, that line
-    (one the independent reading also finds wrong, for the reasons it knows)."""
-    assert "\n" not in message and "\r" not in message, message[:2000]
-    assert "Traceback" not in message
-    named = [split for split, path in paths.items() if message.startswith(f"error: {path}")]
-    if not named:
-        # The only errors that are about no single file: the splits' formats disagree.
-        assert message.startswith("error: the splits have different formats"), message[:2000]
-        assert all(str(path) in message for path in paths.values()), message
-        return
-    [split] = named
-    path = paths[split]
-    assert len(message) - len(str(path)) <= LONGEST_MESSAGE, message[:2000]
-    located = re.match(rf"error: {re.escape(str(path))}:(\d+): (.*)", message)
-    if located is None:
-        # Errors about the whole file: it holds no sentence.
-        assert re.match(rf"error: {re.escape(str(path))}: empty file", message), message
-        assert not cc.expected_reading(case.files[split]).sentences, message
-        return
-    line, reason = int(located.group(1)), located.group(2)
-    lines = len(re.split(rb"\r\n|\n|\r", case.files[split]))
-    assert 1 <= line <= lines, message
-    for words, kind in REASONS.items():
-        if words in reason:
-            reading = cc.expected_reading(case.files[split], _format_of(case, split))
-            assert line in reading.error_lines.get(kind, ()), (message, reading.error_lines)
-
-
-def _format_of(case: cc.CorpusCase, split: str) -> str:
-    """The format preprocessing reads all files in: given, or detected from the first file."""
-    if case.input_format != "auto":
-        return case.input_format
-    return cc.expected_reading(case.files["train"]).format
-
-
 def run_case(workspace, case: cc.CorpusCase, earlier: bool):
     with tempfile.TemporaryDirectory(dir=workspace.root) as scratch:
         scratch = pathlib.Path(scratch)
@@ -114,7 +73,7 @@ def run_case(workspace, case: cc.CorpusCase, earlier: bool):
                                   overwrite=True, num_workers=0)
         except USER_ERRORS as error:
             event(f"error: {re.sub(r'^.*?:[0-9]+: |^/[^ ]*: ', '', str(error))[:28]}")
-            check_error_message(f"error: {error}", case, paths)
+            cc.check_error_message(f"error: {error}", case, paths)
             # Nothing written, and nothing of the earlier output touched.
             assert (tree_digest(output) if earlier else output.exists()) == (before or False)
             assert sorted(p.name for p in scratch.iterdir()) == sorted(
@@ -122,7 +81,7 @@ def run_case(workspace, case: cc.CorpusCase, earlier: bool):
             return
         event("success")
         for split, path in paths.items():
-            reading = cc.expected_reading(case.files[split], _format_of(case, split))
+            reading = cc.expected_reading(case.files[split], cc.format_of(case))
             assert not reading.error_lines, f"{split} was accepted with bad lines {reading}"
             counts = manifest["splits"][split]["counts"]
             assert manifest["splits"][split]["source"]["format"] == reading.format
