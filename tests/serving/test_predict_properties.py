@@ -12,6 +12,7 @@ import json
 import re
 
 import pytest
+from absl import flags
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -126,3 +127,50 @@ def test_every_line_is_tagged_or_reported_and_entities_slice_their_line(
             tokens, _ = serving.split_line(lines[number - 1], "char")
             assert len(rows) == len(tokens), (number, rows, tokens)
             assert all(row.rsplit(" ", 1)[1] in run_predict.label_map for row in rows), rows
+
+
+def predict_flags():
+    flag_values = flags.FlagValues()
+    predict.define_flags(flag_values)
+    return flag_values
+
+
+PREDICT_FLAGS = predict_flags()
+FLAG_VALUES = st.one_of(
+    st.text(st.characters(exclude_characters="\x00", exclude_categories=()), max_size=10),
+    st.integers(-(10 ** 12), 10 ** 12).map(str), st.floats().map(repr),
+    st.sampled_from(["", "-1", "0", "1", "nan", "inf", "0x10", "/nonexistent", ".", "JSONL"]))
+
+
+@pytest.mark.parametrize("name", sorted(PREDICT_FLAGS))
+def test_a_wrong_value_of_any_predict_flag_is_one_error_naming_it(export_dir, name, tmp_path):
+    """Flags of `python -m serving.predict`, enumerated from its FlagValues; an empty line as
+    input (reported, so the model is never run)."""
+    (tmp_path / "lines.txt").write_bytes(b" \n")
+
+    @settings(max_examples=10, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(value=FLAG_VALUES)
+    # --max_line_chars=-1 was accepted, and every line skipped as "more than max_line_chars=-1".
+    @example(value="-1")
+    def check(value):
+        args = [f"--export_dir={export_dir}", f"--input_file={tmp_path / 'lines.txt'}",
+                f"--{name}={value}"]
+        stdout, stderr = io.StringIO(), io.StringIO()
+        try:
+            status = predict.main(args, stdin=io.BytesIO(b" \n"), stdout=stdout, stderr=stderr)
+        except SystemExit as stop:  # a usage error: absl's message
+            status = stop.code
+        err = stderr.getvalue()
+        assert "Traceback" not in err
+        if status == 0:
+            assert err == "line 1: empty line, nothing to tag; skipped\n", (value, err)
+            flag_values = predict_flags()
+            flag_values(["predict", *args])
+            assert flag_values.batch_size >= 1 and flag_values.max_line_chars >= 0, value
+            return
+        assert status == 2, (value, status, err)
+        [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert f"--{name}" in error or value.strip() in error, (value, error)
+
+    check()
