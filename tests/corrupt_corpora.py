@@ -12,7 +12,8 @@ says a corpus is read, written from that text and not from its code: which lines
 (bad UTF-8, a carriage return inside a line, a wrong column count, several characters in a
 character file's token) and, where there is none, the sentences and their tags. A test then
 asks of a run: it fails where this reading finds an error line, names one of those lines when
-it reports such an error, and, where it succeeds, counts what this reading counts.
+it reports such an error (`check_error_message`, shared by the preprocessing and the training
+properties), and, where it succeeds, counts what this reading counts.
 """
 
 from __future__ import annotations
