@@ -62,6 +62,9 @@ SCHEME_PREFIXES = {
     "bmes": frozenset("BMES"),
 }
 _COLUMN_SPLIT = re.compile(r"[ \t]+")
+# What str.split() splits on besides spaces, tabs and line ends (all of str.isspace()).
+OTHER_WHITESPACE = re.compile("[\x0b\x0c\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029"
+                              "\u202f\u205f\u3000]")
 _BOM = "\ufeff"
 _UTF8_BOM = _BOM.encode("utf-8")
 _DETECT_LINES = 1000
@@ -98,6 +101,19 @@ class Sentence:
     tokens: list[str]
     tags: list[str]
     line: int
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """`repr(text)` for a message, cut after `limit` characters with the full length said: a
+    line of a megabyte must not become an error message of a megabyte."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def quoted_labels(labels: list[str]) -> str:
+    """A label map (or tag list) for a message: as a list, each label `quoted`."""
+    return "[" + ", ".join(quoted(label, 40) for label in labels) + "]"
 
 
 def starts_with_bom(path: str | os.PathLike) -> bool:
@@ -280,6 +296,10 @@ def read_sentences(path: str | os.PathLike, *, input_format: str, offset: int = 
     with open(path, "rb") as stream:
         stream.seek(offset)
         for block_start, lines in iter_line_blocks(stream, path, first_line, newline=newline):
+            # str.split() is fast but also splits on other whitespace (U+3000 is a character
+            # here: `中\u3000O` is one column), so a block that holds any is split on spaces and
+            # tabs only; a line where str.split() finds another count is too.
+            fast_split = OTHER_WHITESPACE.search("".join(lines)) is None
             for number, line in enumerate(lines, start=block_start):
                 stripped = line.strip(" \t")
                 if _is_separator(stripped):
@@ -290,20 +310,19 @@ def read_sentences(path: str | os.PathLike, *, input_format: str, offset: int = 
                             return
                         tokens, tags = [], []
                     continue
-                # str.split() is fast but also splits on non-ASCII spaces (U+3000 is a character
-                # here): when it disagrees with the expected count, split on spaces/tabs only.
-                columns = stripped.split()
+                columns = stripped.split() if fast_split else _COLUMN_SPLIT.split(stripped)
                 if len(columns) != expected_columns:
                     columns = _COLUMN_SPLIT.split(stripped)
                     if expected_columns is None:
                         expected_columns = len(columns)
                         if expected_columns < 2:
                             raise CorpusError(path, number, f"expected at least 2 columns "
-                                                            f"(token ... tag), found 1: {line!r}")
+                                                            f"(token ... tag), found 1: "
+                                                            f"{quoted(line)}")
                     if len(columns) != expected_columns:
                         raise CorpusError(path, number, f"expected {expected_columns} columns "
                                                         f"(token ... tag), found {len(columns)}: "
-                                                        f"{line!r}")
+                                                        f"{quoted(line)}")
                 token = columns[0]
                 if char_format and len(token) != 1 and not is_one_character(token):
                     raise CorpusError(path, number, _several_characters(token))
@@ -316,8 +335,10 @@ def read_sentences(path: str | os.PathLike, *, input_format: str, offset: int = 
 
 
 def _several_characters(token: str) -> str:
-    message = (f"token {token!r} has {len(token)} characters, but the file is read in the "
-               f"character format (one character and its tag per line)")
+    # A long token's `quoted` form says its length already.
+    length = f" has {len(token)} characters" if repr(token) == quoted(token) else ""
+    message = (f"token {quoted(token)}{length}, but the file is read in the character format "
+               f"(one character and its tag per line)")
     if _BOM in token:
         return message + ("; it holds U+FEFF, a byte order mark: were files with byte order "
                           "marks concatenated?")
@@ -409,7 +430,7 @@ def to_iob2(tags: list[str], scheme: str, *, on_invalid: str, path: str | os.Pat
         if prefix not in allowed or not kind:
             expected = ", ".join(f"{p}-TYPE" for p in sorted(allowed))
             raise CorpusError(path, first_line + i,
-                              f"tag {tag!r} does not fit the {scheme.upper()} scheme "
+                              f"tag {quoted(tag)} does not fit the {scheme.upper()} scheme "
                               f"(expected O or {expected})")
         if prefix in "BS":
             begins = True
@@ -419,9 +440,9 @@ def to_iob2(tags: list[str], scheme: str, *, on_invalid: str, path: str | os.Pat
                 if on_invalid == "fail":
                     previous = tags[i - 1] if i else "the sentence start"
                     raise CorpusError(path, first_line + i,
-                                      f"tag {tag!r} continues an entity that is not open "
-                                      f"(after {previous!r}); use on_invalid=repair to start a "
-                                      f"new entity here instead")
+                                      f"tag {quoted(tag)} continues an entity that is not "
+                                      f"open (after {quoted(previous)}); use on_invalid=repair "
+                                      f"to start a new entity here instead")
                 repaired += 1
             begins = not continues
         out.append(("B-" if begins else "I-") + kind)

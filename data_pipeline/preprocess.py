@@ -226,7 +226,8 @@ def _input_format(splits: dict[str, str], input_format: str, log: Callable[[str]
     formats = {name: (corpus.detect_format(path) if input_format == "auto" else input_format)
                for name, path in splits.items()}
     if len(set(formats.values())) > 1:
-        raise ValueError(f"the splits have different formats {formats} (detected from their "
+        each = "; ".join(f"{name} {splits[name]}: {fmt}" for name, fmt in formats.items())
+        raise ValueError(f"the splits have different formats ({each}; detected from their "
                          f"first lines: char = one character and its tag per line); give "
                          f"input_format")
     return next(iter(formats.values()))

@@ -107,8 +107,8 @@ def choose_tag_scheme(scans: dict[str, dict], tag_scheme: str) -> str:
             if prefix not in allowed or (prefix != "O" and not kind):
                 expected = ", ".join(p + "-TYPE" for p in sorted(allowed - {"O"}))
                 raise corpus.CorpusError(
-                    scan["path"], line, f"tag {tag!r} does not fit the {scheme.upper()} scheme "
-                    f"(expected O or one of {expected})")
+                    scan["path"], line, f"tag {corpus.quoted(tag)} does not fit the "
+                    f"{scheme.upper()} scheme (expected O or one of {expected})")
     return scheme
 
 
@@ -130,6 +130,7 @@ def choose_label_map(scans: dict[str, dict], label_map: list[str] | None) -> lis
             kind = split_tag(tag)[1]
             if kind and kind not in known_types:
                 raise corpus.CorpusError(
-                    scan["path"], line, f"tag {tag!r}: entity type {kind!r} is not in the "
-                    f"label map built from the train split ({label_map})")
+                    scan["path"], line, f"tag {corpus.quoted(tag)}: entity type "
+                    f"{corpus.quoted(kind)} is not in the label map built from the train split "
+                    f"({corpus.quoted_labels(label_map)})")
     return label_map

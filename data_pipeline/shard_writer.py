@@ -125,8 +125,9 @@ def write_shard(task: dict) -> dict:
                     label_ids = [label_to_id[tag] for tag in tags]
                 except KeyError as e:
                     line = sentence.line + tags.index(e.args[0])
-                    raise corpus.CorpusError(task["source"], line, f"tag {e.args[0]!r} is not in "
-                                             f"the label map {task['label_map']}") from None
+                    raise corpus.CorpusError(
+                        task["source"], line, f"tag {corpus.quoted(e.args[0])} is not in the "
+                        f"label map {corpus.quoted_labels(task['label_map'])}") from None
                 if not ids:
                     # The normaliser removes every character (U+FFFD, control or zero-width
                     # characters): each one becomes the unknown token, exactly as one such

@@ -5,7 +5,8 @@ to a `multiprocessing.Pool`: a worker killed by a signal (the out-of-memory kill
 executor, and `run_jobs` reports that as `WorkerDiedError`, where a `multiprocessing.Pool` would
 start a new worker and wait for the lost job forever. A worker also ends when the process that made
 the pool does, even when that one is SIGKILLed (`die_with_parent`, called by the worker's
-initializer). The jobs themselves are in `scan` and
+initializer), and a worker that dies at start-up, before it has read what the pool sends it, is
+a `WorkerDiedError` too rather than a hang (`process_pool`). The jobs themselves are in `scan` and
 `shard_writer`.
 """
 
@@ -16,8 +17,10 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +64,13 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+def _run_initializer(path: str) -> None:
+    """A worker's initializer: loads (initializer, initargs) from `path` and runs it."""
+    with open(path, "rb") as stream:
+        initializer, initargs = pickle.load(stream)
+    initializer(*initargs)
+
+
 @contextlib.contextmanager
 def process_pool(num_workers: int, initializer: Callable, initargs: tuple
                  ) -> Iterator[concurrent.futures.ProcessPoolExecutor | None]:
@@ -69,17 +79,27 @@ def process_pool(num_workers: int, initializer: Callable, initargs: tuple
     Yields None for `num_workers` 0 (the caller then runs the jobs itself). On exit, also on an
     error, the jobs not yet started are cancelled and the running ones waited for, so nothing
     is still writing when the caller cleans up after it.
+
+    `initargs` reach the workers through a temporary file, not through the pipe that starts
+    each one: CPython writes that pipe from the thread that calls `submit` while it still holds
+    the pipe's read end itself, so when a worker died at start-up (killed, or failing to import)
+    before it had read more than the pipe holds (64 KiB; the tokenizer's JSON is several
+    hundred KiB), that write, and preprocessing with it, blocked forever.
     """
     if num_workers <= 0:
         yield None
         return
-    pool = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
-        initargs=initargs)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with tempfile.TemporaryDirectory(prefix="tagger-pool-") as scratch:
+        path = os.path.join(scratch, "initializer.pickle")
+        with open(path, "wb") as stream:
+            pickle.dump((initializer, initargs), stream)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            num_workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_run_initializer, initargs=(path,))
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_jobs(function: Callable, jobs: list, pool,
@@ -95,12 +115,13 @@ def run_jobs(function: Callable, jobs: list, pool,
         killer). A `multiprocessing.Pool` would replace it and wait for its job forever.
     """
     results = []
-    if pool is None:
-        outputs = (function(job) for job in jobs)
-    else:
-        outputs = (future.result() for future in concurrent.futures.as_completed(
-            [pool.submit(function, job) for job in jobs]))
     try:
+        if pool is None:
+            outputs = (function(job) for job in jobs)
+        else:
+            # `submit` raises BrokenProcessPool too, once a worker has died (at start-up, say).
+            futures = [pool.submit(function, job) for job in jobs]
+            outputs = (future.result() for future in concurrent.futures.as_completed(futures))
         for result in outputs:
             results.append(result)
             if progress is not None:
@@ -108,7 +129,8 @@ def run_jobs(function: Callable, jobs: list, pool,
     except BrokenProcessPool as error:
         raise WorkerDiedError(
             "a preprocessing worker process died (killed by a signal, e.g. the out-of-memory "
-            "killer: try --num_workers=1 or fewer sentences per shard); nothing was written to "
+            "killer: try --num_workers=1 or fewer sentences per shard; or it failed at "
+            "start-up: see the messages above, or try --num_workers=0); nothing was written to "
             "the output directory") from error
     return results
 

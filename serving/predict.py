@@ -70,7 +70,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       "jsonl: one entity per line; conll: `token tag` lines.", **f)
     flags.DEFINE_integer("batch_size", 32, "Windows per model call.", **f)
     flags.DEFINE_integer("max_line_chars", MAX_LINE_CHARS,
-                         "Longer lines are reported and skipped (0: no limit).", **f)
+                         "Longer lines are reported and skipped (0: no limit).", lower_bound=0,
+                         **f)
 
 
 def _decode_lines(stream, warn) -> Iterator[str]:

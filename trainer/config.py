@@ -138,7 +138,9 @@ class TrainConfig(ModelSettings):
                                    "many updates however small the corpus (more epochs than "
                                    "--epochs; warmup and decay span them); 0 = no floor. "
                                    "trainer/schedule_plan.py.")
-    seed: int = setting(42, minimum=0, help="Seed for initialisation, shuffling and dropout.")
+    seed: int = setting(42, minimum=0, check=lambda v: None if v < 2 ** 32 else
+                        "expected a number < 2**32 (NumPy's seeds)",
+                        help="Seed for initialisation, shuffling and dropout.")
     shuffle_buffer: int = setting(10000, minimum=0, help="Shuffle buffer in windows; 0 disables "
                                   "shuffling.")
     bucketing: bool = setting(True, help="Bucket batches by length (else pad to "
@@ -388,6 +390,7 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
                 raise ConfigError(f"--{name}={path!r} is a directory, expected a file")
             if not os.path.isfile(path):
                 raise ConfigError(f"--{name}={path!r}: no such file")
+    _check_encoder_config(values["encoder_config"])
     for name in ("pretrained", "tokenizer"):
         path = values[name]
         if path and not _is_hub_name(path):
@@ -418,6 +421,31 @@ def _check_pretrained_files(values: dict, *, tokenizer_given: bool) -> None:
         if problem:
             raise ConfigError(f"--pretrained={tokenizer!r} is also the tokenizer (no --tokenizer "
                               f"given), but {problem}; add them there, or give --tokenizer=DIR")
+
+
+def _check_encoder_config(value: str) -> None:
+    """--encoder_config: inline JSON of an object, a JSON file of one, or a config directory.
+
+    Read here, before any work: the trainer parses it only when it builds the model.
+    """
+    if not value:
+        return
+    inline = value.lstrip().startswith("{")
+    if not inline and os.path.isdir(value):
+        return  # a transformers config directory: transformers reads its config.json
+    if not inline and not os.path.isfile(value):
+        raise ConfigError(f"--encoder_config={value!r}: no such file or directory (expected "
+                          f"inline JSON such as '{{\"num_hidden_layers\": 2}}', a JSON file or "
+                          f"a config directory)")
+    try:
+        text = value if inline else pathlib.Path(value).read_text(encoding="utf-8")
+        parsed = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--encoder_config={value!r} is not a readable JSON object: "
+                          f"{error}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"--encoder_config={value!r} holds {type(parsed).__name__} JSON, "
+                          f"expected an object of config values")
 
 
 def _check_output_directory(name: str, path: str) -> None:

@@ -29,12 +29,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from data_pipeline.corpus import CorpusError
     from data_pipeline.dataset import ShardError
+    from data_pipeline.workers import WorkerDiedError
     from trainer.checkpointing import DivergenceError, RunDirectoryError
     from trainer.cache import DataError
 
+    # ResourceExhaustedError: out of memory, e.g. for a --batch_size or layer size too large.
     return (config_lib.ConfigError, RunDirectoryError, DivergenceError, CorpusError, ShardError,
-            DataError, OSError, tf.errors.InvalidArgumentError, tf.errors.DataLossError,
-            tf.errors.NotFoundError)
+            DataError, WorkerDiedError, OSError, tf.errors.InvalidArgumentError,
+            tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.ResourceExhaustedError)
 
 
 def note_missing_gpu() -> str | None:
@@ -60,7 +62,10 @@ def describe(error: BaseException) -> str:
     if isinstance(message, str):  # tf.errors.OpError: "msg\n\t [[{{node x}}]] [Op:Y]"
         from data_pipeline.dataset import op_error_line
 
-        return f"{op_error_line(error)} ({type(error).__name__} from TensorFlow)"
+        first = op_error_line(error)
+        if type(error).__name__ == "ResourceExhaustedError":
+            first += " (out of memory: try a smaller --batch_size or model)"
+        return f"{first} ({type(error).__name__} from TensorFlow)"
     return str(error) or type(error).__name__
 
 

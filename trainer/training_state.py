@@ -3,17 +3,19 @@
 `build_training_state(config, run_dir)` does it in order, each step a function below:
 
     runtime      strategy, chief, determinism, seed
-    data         preprocess if needed, verify every shard, then (only then) prepare RUN_DIR
+    data         preprocess if needed, verify every shard
     schedule     trainer.schedule_plan from the config and the train split's window count
-    model        the model config (written to RUN_DIR), the model and its per-group optimizer
+    model        the model config, the model and its per-group optimizer; then (only then)
+                 prepare RUN_DIR and write the model config there
     variables    step, input position, learning-rate scale, recoveries, pending evaluation
     checkpoints  restore the newest finite checkpoint, if any
     input        the frozen encoder's feature cache, or the shards
     train step   the compiled multi-update tf.function (trainer.step.TrainStep)
 
-The data comes first: a data error must never change (or, with --overwrite, delete) the run
-directory. The result, a `TrainingState`, is what the controller, the evaluator and the
-divergence guard share; benchmarks build one to time the exact training step.
+The data and the model come first: a data error, or an encoder that cannot be built from the
+flags, must never change (or, with --overwrite, delete) the run directory. The result, a
+`TrainingState`, is what the controller, the evaluator and the divergence guard share;
+benchmarks build one to time the exact training step.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from absl import logging
 
 from trainer import cache, checkpointing, optimization, runtime
 from trainer import run_dir as run_dir_lib
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.schedule_plan import SchedulePlan, plan_schedule
 from trainer.step import TrainStep
 
@@ -163,7 +165,13 @@ def prepare_data(config: TrainConfig) -> tuple[str, dict]:
 
 def build_model_and_plan(config: TrainConfig, model_config, manifest_dir: str,
                          total_steps: int):
-    """The tagger and its per-group optimization plan (call inside the strategy's scope)."""
+    """The tagger and its per-group optimization plan (call inside the strategy's scope).
+
+    Raises:
+      ConfigError: the encoder cannot be built from the flags (a config whose hidden size does
+        not divide into its heads, more --num_hidden_layers_used than it has layers, a value
+        of the wrong type): named, where it was a traceback.
+    """
     from data_pipeline.tags import iob2_allowed_transitions
     from models import build_tagger
 
@@ -174,8 +182,16 @@ def build_model_and_plan(config: TrainConfig, model_config, manifest_dir: str,
 
         token_ids = split_token_ids(manifest_dir, "train")
     constrained = model_config.head == "crf" and model_config.crf_constrain_transitions
-    model = build_tagger(model_config, transition_constraints=iob2_allowed_transitions(
-        model_config.label_map) if constrained else None)
+    try:
+        model = build_tagger(model_config, transition_constraints=iob2_allowed_transitions(
+            model_config.label_map) if constrained else None)
+    except (ValueError, TypeError) as error:
+        source = "encoder_config" if config.encoder_config else "pretrained"
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
+        raise ConfigError(f"the model cannot be built from --{source}="
+                          f"{getattr(config, source)!r} with --encoder={config.encoder} "
+                          f"--hidden_layers={config.hidden_layers} --num_hidden_layers_used="
+                          f"{config.num_hidden_layers_used}: {reason}") from error
     plan = optimization.build_optimization(
         config, model.variable_groups(), list(model.encoder_group_names()), total_steps,
         token_embeddings=model.token_embedding_variables(), token_ids=token_ids)
@@ -233,14 +249,8 @@ def build_training_state(config: TrainConfig, run_dir: pathlib.Path) -> Training
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(config.seed)
     manifest_dir, manifest = prepare_data(config)
-    checkpointing.prepare_run_dir(run_dir, config, is_chief=chief)
     # The model config, built once; the run directory keeps it (export builds from it).
     model_config = run_dir_lib.tagger_config(config.model_settings(), manifest)
-    if chief:
-        run_dir_lib.write_run_files(
-            run_dir, manifest_path=os.path.join(manifest_dir, MANIFEST_NAME),
-            model_config=model_config, resume_mismatched=config.resume_mismatched,
-            log=logging.warning)
     counts = manifest["splits"]["train"]["counts"]
     schedule = plan_schedule(config, counts["windows"], counts.get("sentences", 0))
     logging.info("%s", schedule.describe())
@@ -248,6 +258,12 @@ def build_training_state(config: TrainConfig, run_dir: pathlib.Path) -> Training
         model, plan = build_model_and_plan(config, model_config, manifest_dir,
                                            schedule.total_steps)
         variables = RunVariables.create()
+    checkpointing.prepare_run_dir(run_dir, config, is_chief=chief)
+    if chief:
+        run_dir_lib.write_run_files(
+            run_dir, manifest_path=os.path.join(manifest_dir, MANIFEST_NAME),
+            model_config=model_config, resume_mismatched=config.resume_mismatched,
+            log=logging.warning)
     report = report_variables(model, plan, run_dir, chief)
     optimizer = plan.base_optimizer
     optimizer.schedules = {group: optimization.ScaledSchedule(schedule_fn, variables.lr_scale)

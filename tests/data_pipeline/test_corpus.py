@@ -28,6 +28,24 @@ def test_full_width_space_is_a_character_not_a_separator(tmp_path):
     assert sentence.tokens == ["\u3000", "中"]
 
 
+@pytest.mark.parametrize("separator", ["\u3000", "\u00a0", "\x0b", "\u2028", "\x1c"])
+def test_only_spaces_and_tabs_separate_columns(tmp_path, separator):
+    """str.split() (the reader's fast path) splits on these too: `中\u3000O` was read as the
+    token 中 tagged O, where the format has one column there."""
+    path = write(tmp_path, f"人 O\n中{separator}O\n")
+    with pytest.raises(corpus.CorpusError, match=r":2: expected 2 columns .*found 1"):
+        list(corpus.read_sentences(path, input_format="char"))
+    path = write(tmp_path, f"EU NNP O\nrejects{separator}x VBZ O\n")
+    (sentence,) = corpus.read_sentences(path, input_format="conll")
+    assert sentence.tokens == ["EU", f"rejects{separator}x"]
+
+
+def test_other_whitespace_is_all_that_str_split_splits_on_besides_blanks():
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    found = set(corpus.OTHER_WHITESPACE.findall(every))
+    assert found == {c for c in every if c.isspace()} - set(" \t\n\r")
+
+
 def test_reads_conll_columns_and_skips_docstart(tmp_path):
     path = write(tmp_path, "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
                            "Peter NNP B-NP B-PER\n")

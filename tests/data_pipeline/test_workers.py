@@ -109,3 +109,38 @@ def test_an_error_without_a_pool_is_that_error_in_a_fresh_interpreter():
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == "ValueError: corpus.txt:7: an I- without a B-"
     assert "AttributeError" not in done.stderr
+
+
+# A worker that dies at start-up: unpickling its initializer's arguments ends the process (as an
+# import error or a kill before the worker has read them would) and the arguments are larger than
+# a pipe holds (the tokenizer's JSON is ~230 KiB). CPython wrote them into the worker's start-up
+# pipe, holding its read end itself, so `submit` blocked forever; it must be an error in seconds.
+STARTUP_DEATH_SCRIPT = r"""
+import os, sys
+from data_pipeline.workers import WorkerDiedError, process_pool, run_jobs
+
+class DiesWhenUnpickled:
+    def __reduce__(self):
+        return os._exit, (3,)
+
+with process_pool(2, print, (DiesWhenUnpickled(), "x" * (1 << 20))) as pool:
+    try:
+        run_jobs(abs, [-1, -2, -3], pool)
+    except WorkerDiedError as error:
+        print("error:", error)
+        sys.exit(2)
+print("no error")
+"""
+
+
+def test_a_worker_that_dies_at_start_up_is_an_error_not_a_hang():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    try:
+        done = subprocess.run([sys.executable, "-c", STARTUP_DEATH_SCRIPT], cwd=repo,
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a worker that died at start-up hung the pool for 120 s")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout.startswith("error: a preprocessing worker process died"), done.stdout
+    assert "failed at start-up" in done.stdout
+    assert "Traceback" not in done.stderr

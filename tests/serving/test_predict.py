@@ -16,24 +16,8 @@ from serving import predict
 from tests import trainer_testing as tt
 from trainer import export
 
+# The labels of the shared `export_dir` (tests/serving/conftest.py), and of the exports here.
 PD_LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
-MAX_SEQ_LENGTH = 16  # budget 14: most People's Daily sentences need several windows
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, bert_chinese_dir):
-    """An untrained tiny BERT + CRF: it tags at random, so there are entities of every length."""
-    from models import TaggerConfig, build_tagger
-
-    model = build_tagger(TaggerConfig(encoder_config=tt.TINY_BERT, head="crf",
-                                      label_map=PD_LABELS, dropout=0.0),
-                         transition_constraints=tags.iob2_allowed_transitions(PD_LABELS))
-    backend, info = tokenization.prepare_tokenizer(bert_chinese_dir, word_boundary_marker="auto",
-                                                   input_format="char")
-    directory = tmp_path_factory.mktemp("predict") / "export"
-    return export.export_model(model, directory, label_map=PD_LABELS,
-                               tokenizer_json=backend.to_str(), tokenizer_info=info.to_json(),
-                               max_seq_length=MAX_SEQ_LENGTH, stride=4, input_format="char")
 
 
 @pytest.fixture(scope="module")
