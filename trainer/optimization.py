@@ -171,7 +171,9 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
         self.decoupled_weight_decay = float(weight_decay)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self._compact_rows = {self._var_key(v): rows for v, rows in compact_rows}
-        self.variable_groups = {group: list(vs) for group, vs in variable_groups.items()}
+        # Not tracked: a checkpoint must reach the model's variables through the model only.
+        self.variable_groups = self._no_dependency(
+            {group: list(vs) for group, vs in variable_groups.items()})
         self._group_of = {}
         self._decays = {}
         for group, variables in variable_groups.items():

@@ -65,8 +65,11 @@ def test_keys_are_those_tensorflow_writes(tmp_path):
                    input_position=input_position)
     tf.train.Checkpoint(**objects).write(str(tmp_path / "today"))
     written = {key for key, _ in tf.train.list_variables(str(tmp_path / "today"))}
-    keys = {key for _, key in legacy_checkpoint.checkpoint_keys(objects).values()}
+    found = legacy_checkpoint.checkpoint_keys(objects)
+    keys = {key for _, key in found.values()}
     assert keys == written - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    # Every weight is saved under the model (not reached first through the optimizer).
+    assert all(found[id(v)][1].startswith("model/") for v in model.variables)
     assert not legacy_checkpoint.is_legacy(str(tmp_path / "today"))
     assert legacy_checkpoint.legacy_path("encoder/layer_._3/output/LayerNorm/gamma:0") == (
         "encoder/layer/3/bert_output/LayerNorm/gamma")
