@@ -242,10 +242,14 @@ def save_pretrained_encoder(model, directory: pathlib.Path, fmt: str,
     save_pretrained(backbone, directory)
     saved_tokenizer = False
     if tokenizer:
-        from data_pipeline.tokenization import load_tokenizer
+        from data_pipeline.tokenization import backend_tokenizer_json, load_tokenizer
 
         try:
-            load_tokenizer(tokenizer).save_pretrained(str(directory))
+            loaded = load_tokenizer(tokenizer)
+            loaded.save_pretrained(str(directory))
+            # Its tokenizer.json as it was read (transformers 5 would write its own rebuild).
+            (directory / "tokenizer.json").write_text(backend_tokenizer_json(loaded, tokenizer),
+                                                      encoding="utf-8")
             saved_tokenizer = True
         except ValueError:
             pass

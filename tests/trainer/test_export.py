@@ -223,6 +223,7 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in encoder_dir.iterdir()}
     assert transformers.AutoConfig.from_pretrained(str(encoder_dir)).model_type == "bert"
+
     assert json.loads((export_dir / "export.json").read_text())["encoder_pretrained"] == {
         "directory": "encoder", "format": "safetensors", "model_type": "bert", "tokenizer": True}
     reloaded = load_transformer(pretrained=str(encoder_dir))
@@ -232,6 +233,22 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
         assert ours.pytorch_name == theirs.pytorch_name
         np.testing.assert_array_equal(theirs.value(pytorch=True), ours.value(pytorch=True),
                                       err_msg=ours.pytorch_name)
+
+
+def test_the_saved_encoders_tokenizer_tokenizes_as_the_original(e5_dir, tmp_path):
+    """transformers 5 would save the XLM-R tokenizer as it rebuilds it (another normaliser and
+    pre-tokenizer); encoder/ gets the tokenizer.json that was read."""
+    from models import TaggerConfig, build_tagger
+
+    model = build_tagger(TaggerConfig(encoder_config=tt.TINY_BERT, num_tags=3))
+    entry = export.save_pretrained_encoder(model, tmp_path / "encoder", "safetensors",
+                                           str(e5_dir))
+    assert entry["tokenizer"] is True
+    for input_format in ("char", "conll"):
+        saved, original = (tokenization.prepare_tokenizer(
+            directory, word_boundary_marker="auto", input_format=input_format)[1]
+            for directory in (tmp_path / "encoder", e5_dir))
+        assert saved.fingerprint == original.fingerprint
 
 
 def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_path, capsys):
