@@ -14,10 +14,10 @@ block became one variable (their kernels side by side, see models/transformer/na
     bert/embeddings/LayerNorm/{gamma,beta}                embeddings/layer_norm/{gamma,beta}
     bert/encoder/layer/3/attention/self_attention/        blocks/3/attention/qkv/{kernel,bias}
         {query,key,value}/{kernel,bias}                       = [query | key | value]
-    bert/encoder/layer/3/attention/dense_output/dense/*   blocks/3/attention/output/*
+    bert/encoder/layer/3/attention/dense_output/dense/*   blocks/3/attention/output_dense/*
     bert/encoder/layer/3/attention/dense_output/LayerNorm blocks/3/attention_layer_norm
     bert/encoder/layer/3/intermediate/dense/*             blocks/3/intermediate/*
-    bert/encoder/layer/3/bert_output/dense/*              blocks/3/output/*
+    bert/encoder/layer/3/bert_output/dense/*              blocks/3/output_dense/*
     bert/encoder/layer/3/bert_output/LayerNorm/*          blocks/3/output_layer_norm/*
     roberta/pooler/dense/*  (RoBERTa kept its pooler)     -- (no pooler: left unread)
 

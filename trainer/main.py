@@ -29,10 +29,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipeline.dataset import ShardError
     from trainer.checkpointing import DivergenceError, RunDirectoryError
     from trainer.cache import DataError
+    from trainer.legacy_checkpoint import LegacyCheckpointError
 
     return (config_lib.ConfigError, RunDirectoryError, DivergenceError, CorpusError, ShardError,
-            DataError, OSError, tf.errors.InvalidArgumentError, tf.errors.DataLossError,
-            tf.errors.NotFoundError)
+            DataError, LegacyCheckpointError, OSError, tf.errors.InvalidArgumentError,
+            tf.errors.DataLossError, tf.errors.NotFoundError)
 
 
 def note_missing_gpu() -> str | None:
