@@ -1,5 +1,6 @@
-"""The encoder alone, old against new: transformers' TFBertModel (models/encoders.py) against the
-project's own (models/transformer/), forward + backward, on the shipped encoder's shape.
+"""The encoder alone, old against new: transformers' TFBertModel (the models/encoders.py of the
+code before issue #22) against the project's own (models/transformer/), forward + backward, on the
+shipped encoder's shape.
 
 Both load the same checkpoint (`--pretrained`, default ../shared/models/multilingual-e5-small-zh)
 and run the same compiled step on the same batch (`--batch_size` x `--seq_len` tokens, rows padded
@@ -11,11 +12,15 @@ old, new, ...) so that machine noise hits both; each line gives the median step 
 tokens/s and the ratio old time / new time (> 1: the new one is faster), for float32 and then
 under mixed_bfloat16.
 
-    python benchmarks/bench_encoder.py                         # 32 x 128, float32 and bf16
+    git worktree add /tmp/old 823aaf9                # the code before #22, for the old side
+    python benchmarks/bench_encoder.py --old_code=/tmp/old   # 32 x 128, float32 and bf16
     python benchmarks/bench_encoder.py --steps=2 --warmup=1 --batch_size=4 --seq_len=32  # smoke
 
-The old side needs transformers <= 4.54 (its TF models); without them only the new one is timed.
-Figures are only worth recording from a quiet machine (see benchmarks/RESULTS.md).
+The old side is that checkout's models/encoders.py, loaded by path; it needs transformers <= 4.54
+(the last releases with TF models) in this environment, which this project no longer pins (a venv
+with transformers==4.54.1 and tokenizers==0.21.4 runs both sides). Without --old_code, or without
+those transformers, only the new side is timed. Figures are only worth recording from a quiet
+machine (see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--num_layers_used", type=int, default=1)
+    parser.add_argument("--old_code", default="",
+                        help="a checkout of the code before #22 (e.g. commit 823aaf9): its "
+                        "models/encoders.py is timed as the old encoder (needs transformers "
+                        "<= 4.54)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     parser.add_argument("--precisions", default="none,bf16",
@@ -91,15 +100,36 @@ def step_function(encoder: tf.keras.layers.Layer, projection: tf.Tensor):
     return step
 
 
-def build_encoders(pretrained: str, num_layers_used: int) -> dict[str, tf.keras.layers.Layer]:
-    """{"old": transformers' TFBertModel in models/encoders.py's wrapper (when importable),
-    "new": models/transformer/}; both from `pretrained`, under the current global policy."""
-    encoders = {}
+def old_encoders_module(old_code: str):
+    """The models/encoders.py of a checkout of the code before #22 (transformers' TFBertModel in
+    a TransformerEncoder wrapper), imported by path; None (with a note) when it cannot be."""
+    import importlib.util
+
+    path = pathlib.Path(old_code) / "models" / "encoders.py"
+    spec = importlib.util.spec_from_file_location("encoders_before_22", path)
+    if spec is None or not path.is_file():
+        print(f"--old_code={old_code}: no {path}; timing the new encoder only", flush=True)
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     try:
-        from models import encoders as old
+        spec.loader.exec_module(module)
     except ImportError as error:
-        print(f"old encoder not available ({error}): timing the new one only", flush=True)
-    else:
+        del sys.modules[spec.name]
+        print(f"old encoder not available ({error}; it needs transformers <= 4.54): timing the "
+              f"new one only", flush=True)
+        return None
+    return module
+
+
+def build_encoders(pretrained: str, num_layers_used: int,
+                   old_code: str = "") -> dict[str, tf.keras.layers.Layer]:
+    """{"old": transformers' TFBertModel in the old models/encoders.py's wrapper (with
+    `old_code`, when importable), "new": models/transformer/}; both from `pretrained`, under the
+    current global policy."""
+    encoders = {}
+    old = old_encoders_module(old_code) if old_code else None
+    if old is not None:
         encoders["old"] = old.TransformerEncoder(old.load_transformer(pretrained=pretrained),
                                                  num_layers_used=num_layers_used)
     encoders["new"] = transformer.TransformerEncoder(
@@ -126,7 +156,7 @@ def run_precision(args, precision: str) -> None:
     policy = "mixed_bfloat16" if precision == "bf16" else "float32"
     tf.keras.mixed_precision.set_global_policy(policy)
     try:
-        encoders = build_encoders(args.pretrained, args.num_layers_used)
+        encoders = build_encoders(args.pretrained, args.num_layers_used, args.old_code)
         config = encoders["new"].transformer.config
         batch = make_batch(args.batch_size, args.seq_len, config.vocab_size, config.pad_token_id)
         projection = tf.constant(np.random.default_rng(1).standard_normal(

@@ -11,7 +11,8 @@ so that machine noise hits both alike, and prints one line with the ratio:
              `configs/finetune.flags` builds it: bucketed batches, AdamW, layer decay, clipping)
              against `TFBertForTokenClassification` + `compile(Adam(5e-5),
              SparseCategoricalCrossentropy(from_logits=True))` + `fit` on the same windows padded
-             to 128 with padding masked by sample weights (benchmarks/hf_reference.py); float32,
+             to 128 with padding masked by sample weights (benchmarks/hf_reference.py; since
+             transformers 5 that network is built on this project's encoder, see there); float32,
              then both under mixed_bfloat16. Goal >= 4x.
 2. frozen    `configs/frozen.flags` steps from the feature cache against steps that re-run the
              frozen encoder, on a subset of the train split; epoch times are those step times x

@@ -1,11 +1,19 @@
 """The reference every user compares against: transformers' TFBertForTokenClassification + fit.
 
-Trains `TFBertForTokenClassification` (loaded from `--pretrained`, a new classifier on top) with
+Trains that network (the encoder loaded from `--pretrained`, a new classifier on top) with
 plain Keras `compile` + `fit` on this project's preprocessed People's Daily shards (the manifest
 and shards that `trainer.cache.ensure_preprocessed` writes under `data_cache/<fingerprint>/`, one
 piece per character), then scores dev and test with the project's own `trainer.evaluation`:
 windows merged back to one tag per character exactly as the trainer does, entity F1 identical to
 seqeval's strict IOB2 mode. Test is scored once, with the final weights (what `fit` leaves).
+
+transformers 5 has no TensorFlow models, so the network is built here as
+TFBertForTokenClassification built it (`TokenClassifier`): the encoder (this project's
+`models.transformer`, which tests/models/test_transformer_equivalence.py shows computes what
+transformers 4.54.1's TF BERT computed, hidden states and gradients), dropout, and a Dense
+classifier initialised as transformers initialised it. The archived runs (docs/runs/hf_*, and
+iso_*, kashgari_4k) were made with transformers 4.54.1's TFBertForTokenClassification and
+TFBertModel themselves; the recipes, flags and evaluation are unchanged.
 
 Three recipes; flags move one cause at a time from the blog's to the reference:
 
@@ -72,8 +80,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# transformers' TF models are Keras 2 (tf-keras) models: `models` chooses Keras 2 for tf.keras
-# before anything here touches it (models/__init__.py, BUILD.md). Never `import keras`.
+# The encoder is a Keras 2 (tf-keras) layer: `models` chooses Keras 2 for tf.keras before
+# anything here touches it (models/__init__.py, BUILD.md). Never `import keras`.
 import models  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -217,6 +225,27 @@ def count_windows(manifest_dir: str, split: str,
 # ------------------------------------------------------------------------------------------------
 
 
+class WarmUp(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """transformers' TF `WarmUp` (gone with its TF code in v5): `learning_rate * step /
+    warmup_steps` for the first warmup_steps, then `after_warmup(step - warmup_steps)`."""
+
+    def __init__(self, learning_rate: float, after_warmup, warmup_steps: int):
+        super().__init__()
+        self.learning_rate = float(learning_rate)
+        self.after_warmup = after_warmup
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        """step: scalar tensor (updates done so far) -> float32 scalar."""
+        step = tf.cast(step, tf.float32)
+        warmup = float(self.warmup_steps)
+        return tf.cond(step < warmup, lambda: self.learning_rate * step / warmup,
+                       lambda: tf.cast(self.after_warmup(step - warmup), tf.float32))
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
 def learning_rate_schedule(learning_rate: float, *, total_steps: int, schedule: str = "linear",
                            warmup_steps: int = 0):
     """Adam's learning rate: constant, or linear decay to 0 over total_steps (after an optional
@@ -230,12 +259,45 @@ def learning_rate_schedule(learning_rate: float, *, total_steps: int, schedule: 
     else:
         raise ValueError(f"lr_schedule={schedule!r}: expected linear or constant")
     if warmup_steps:
-        from transformers.optimization_tf import WarmUp
-
         if schedule == "constant":
             rate = tf.keras.optimizers.schedules.PolynomialDecay(learning_rate, 1, learning_rate)
         rate = WarmUp(learning_rate, rate, warmup_steps)
     return rate
+
+
+class TokenClassifier(tf.keras.Model):
+    """TFBertForTokenClassification's network: encoder -> dropout -> Dense(K) logits.
+
+    The encoder is `models.transformer`'s, without pooler (as TFBertForTokenClassification's,
+    built with add_pooling_layer=False); the dropout rate is config.json's classifier_dropout,
+    else hidden_dropout_prob; the classifier's kernel is drawn from a truncated normal with
+    config.json's initializer_range, its bias is 0 (transformers' `get_initializer`).
+    """
+
+    def __init__(self, num_labels: int, *, pretrained: str = DEFAULT_PRETRAINED):
+        super().__init__()
+        from models.transformer import load_transformer
+        from models.transformer.files import resolve_config
+
+        directory = resolve_path(pretrained)
+        self.encoder = load_transformer(pretrained=directory)
+        config = self.encoder.config
+        values = json.loads((resolve_config(directory) / "config.json").read_text("utf-8"))
+        rate = values.get("classifier_dropout")
+        self.dropout = tf.keras.layers.Dropout(
+            config.hidden_dropout_prob if rate is None else float(rate))
+        self.classifier = tf.keras.layers.Dense(
+            num_labels, name="classifier",
+            kernel_initializer=tf.keras.initializers.TruncatedNormal(
+                stddev=config.initializer_range))
+
+    def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        """inputs: input_ids, attention_mask (token_type_ids) int32 [B, T] -> logits
+        [B, T, K] in the compute dtype."""
+        [hidden] = self.encoder(inputs["input_ids"], inputs["attention_mask"], training=training,
+                                num_hidden_states=1,
+                                token_type_ids=inputs.get("token_type_ids"))["hidden_states"]
+        return self.classifier(self.dropout(hidden, training=training))
 
 
 class KashgariStyleTagger(tf.keras.Model):
@@ -251,10 +313,9 @@ class KashgariStyleTagger(tf.keras.Model):
                  layers: int = KASHGARI_LAYERS, units: int = KASHGARI_UNITS,
                  dropout: float = KASHGARI_DROPOUT):
         super().__init__()
-        from transformers import TFBertModel
+        from models.transformer import load_transformer
 
-        self.encoder = TFBertModel.from_pretrained(resolve_path(pretrained), from_pt=False,
-                                                   add_pooling_layer=False)
+        self.encoder = load_transformer(pretrained=resolve_path(pretrained))
         self.encoder.trainable = False
         self.layers_used = layers
         self.bilstm = tf.keras.layers.Bidirectional(
@@ -265,11 +326,10 @@ class KashgariStyleTagger(tf.keras.Model):
     def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
         """inputs: input_ids, attention_mask (token_type_ids) int32 [B, T] -> probabilities
         float32 [B, T, K]."""
-        outputs = self.encoder(input_ids=inputs["input_ids"],
-                               attention_mask=inputs["attention_mask"],
-                               token_type_ids=tf.zeros_like(inputs["input_ids"]),
-                               output_hidden_states=True, training=False)
-        features = tf.concat(outputs.hidden_states[-self.layers_used:], axis=-1)
+        hidden_states = self.encoder(inputs["input_ids"], inputs["attention_mask"],
+                                     training=False, num_hidden_states=self.layers_used,
+                                     token_type_ids=tf.zeros_like(inputs["input_ids"]))
+        features = tf.concat(hidden_states["hidden_states"], axis=-1)
         hidden = self.dropout(self.bilstm(features, training=training), training=training)
         return self.classifier(hidden)
 
@@ -279,14 +339,15 @@ def build_reference_model(num_labels: int, *, pretrained: str = DEFAULT_PRETRAIN
                           lr_schedule: str | None = None, from_logits: bool | None = None,
                           one_hot: bool | None = None, total_steps: int = 1000,
                           warmup_steps: int = 0):
-    """TFBertForTokenClassification from `pretrained`, compiled as `recipe` does it.
+    """TFBertForTokenClassification's network (`TokenClassifier`) from `pretrained`, compiled as
+    `recipe` does it.
 
     Args:
       num_labels: tags K (the classifier is newly initialised).
-      pretrained: directory (or hub name) of a TF/safetensors BERT checkpoint.
+      pretrained: directory (or hub name) of a BERT-family checkpoint (safetensors or h5).
       recipe: "reference", "blog" or "kashgari" (see the module docstring); the other
         arguments, when not None, override the recipe's choice. "kashgari" builds a
-        `KashgariStyleTagger` instead of TFBertForTokenClassification.
+        `KashgariStyleTagger` instead.
       learning_rate, lr_schedule ("linear" | "constant"), warmup_steps, total_steps: Adam's
         schedule (Adam on every weight, Keras defaults otherwise).
       from_logits: the loss's from_logits (the model outputs logits).
@@ -295,8 +356,6 @@ def build_reference_model(num_labels: int, *, pretrained: str = DEFAULT_PRETRAIN
     Returns:
       The compiled model (metrics=["accuracy"]; with sample weights it is weighted).
     """
-    from transformers import TFBertForTokenClassification
-
     settings = dict(RECIPES[recipe])
     for name, value in (("learning_rate", learning_rate), ("lr_schedule", lr_schedule),
                         ("from_logits", from_logits), ("one_hot", one_hot)):
@@ -305,8 +364,7 @@ def build_reference_model(num_labels: int, *, pretrained: str = DEFAULT_PRETRAIN
     if recipe == "kashgari":
         model = KashgariStyleTagger(num_labels, pretrained=pretrained)
     else:
-        model = TFBertForTokenClassification.from_pretrained(
-            resolve_path(pretrained), num_labels=num_labels, from_pt=False)
+        model = TokenClassifier(num_labels, pretrained=pretrained)
     if settings["one_hot"]:
         if settings["from_logits"]:
             loss = tf.keras.losses.CategoricalCrossentropy(from_logits=True)
@@ -366,8 +424,9 @@ def time_fit_steps(manifest_dir: str, *, num_steps: int = 20, batch_size: int = 
 
 
 class TaggerView:
-    """The models/ tagger API (`__call__`, `decode`, `compute_loss`) over a transformers token
-    classifier, so that `trainer.evaluation.evaluate` scores it exactly like our taggers."""
+    """The models/ tagger API (`__call__`, `decode`, `compute_loss`) over a `TokenClassifier` or
+    `KashgariStyleTagger`, so that `trainer.evaluation.evaluate` scores it exactly like our
+    taggers."""
 
     def __init__(self, model):
         self.model = model
@@ -378,10 +437,11 @@ class TaggerView:
         if isinstance(self.model, KashgariStyleTagger):
             probabilities = self.model(inputs, training=training)
             return tf.math.log(tf.maximum(tf.cast(probabilities, tf.float32), 1e-7))
-        outputs = self.model(input_ids=inputs["input_ids"],
-                             attention_mask=inputs["attention_mask"],
-                             token_type_ids=tf.zeros_like(inputs["input_ids"]), training=training)
-        return tf.cast(outputs.logits, tf.float32)
+        logits = self.model({"input_ids": inputs["input_ids"],
+                             "attention_mask": inputs["attention_mask"],
+                             "token_type_ids": tf.zeros_like(inputs["input_ids"])},
+                            training=training)
+        return tf.cast(logits, tf.float32)
 
     def decode(self, logits: tf.Tensor, label_mask: tf.Tensor):
         """Per-position argmax: (tag_ids int32 [B, T], 0 outside label_mask; scores [B])."""

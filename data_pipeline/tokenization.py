@@ -121,6 +121,57 @@ def tokenizer_directory_problem(directory: str | os.PathLike) -> str | None:
             f"vocab.json with merges.txt)")
 
 
+def backend_tokenizer_json(tokenizer, name_or_dir: str | os.PathLike) -> str:
+    """The backend tokenizer's JSON as transformers 4 built it: the tokenizer.json as written,
+    its BERT normaliser set from the tokenizer's config.
+
+    transformers 4 read a tokenizer.json as written and then set a BERT normaliser's options
+    (lowercase, strip_accents, handle_chinese_chars) from the tokenizer config's do_lower_case,
+    strip_accents and tokenize_chinese_chars. transformers 5's model-specific classes build the
+    pipeline from their own definition instead, which for BERT gives that same normaliser but for
+    XLM-R another normaliser and pre-tokenizer: that would change the pieces of some whitespace
+    and every recorded tokenizer fingerprint. So the file is read (through `tokenizers`, which
+    gives the JSON the fingerprint has always hashed) and only a BERT normaliser is taken from
+    transformers; a tokenizer without a tokenizer.json (built from its vocabulary) is taken as
+    transformers built it.
+
+    Args:
+      tokenizer: what `load_tokenizer(name_or_dir)` returned.
+      name_or_dir: its directory or hub name (the hub's file comes from the cache `load_tokenizer`
+        filled).
+
+    Returns:
+      The backend tokenizer's JSON.
+
+    Raises:
+      ValueError: the hub's file cannot be fetched.
+    """
+    from tokenizers import Tokenizer
+
+    built = tokenizer.backend_tokenizer.to_str()
+    name = os.fspath(name_or_dir)
+    if os.path.isdir(name):
+        path = os.path.join(name, "tokenizer.json")
+        path = path if os.path.isfile(path) else None
+    else:
+        import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+        try:
+            path = huggingface_hub.hf_hub_download(name, "tokenizer.json")
+        except EntryNotFoundError:
+            path = None
+        except (HfHubHTTPError, OSError) as e:
+            raise ValueError(f"cannot load tokenizer {name!r}: {e}") from None
+    if path is None:
+        return built
+    written = json.loads(Tokenizer.from_file(path).to_str())
+    normalizer = json.loads(built).get("normalizer") or {}
+    if (written.get("normalizer") or {}).get("type") == normalizer.get("type") == "BertNormalizer":
+        written["normalizer"] = normalizer
+    return json.dumps(written, ensure_ascii=False)
+
+
 def _reads_as_hub_name(name: str) -> bool:
     """`bert-base-chinese` or `hfl/rbt3`, not a path (`./x`, `../x`, `/x`, `~/x`, `a/b/c`)."""
     return (bool(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1
@@ -186,7 +237,7 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
         raise ValueError(f"word_boundary_marker must be one of {WORD_BOUNDARY_MARKER}, "
                          f"got {word_boundary_marker!r}")
     tokenizer = load_tokenizer(name_or_dir)
-    config = json.loads(tokenizer.backend_tokenizer.to_str())
+    config = json.loads(backend_tokenizer_json(tokenizer, name_or_dir))
     marker = "none"
     if _has_metaspace(config.get("pre_tokenizer")):
         drop = word_boundary_marker == "drop" or (
@@ -205,8 +256,8 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
     backend_json = json.dumps(config, ensure_ascii=False, sort_keys=True)
     backend = Tokenizer.from_str(backend_json)
 
-    with_specials = tokenizer.build_inputs_with_special_tokens([-1])
-    split = with_specials.index(-1)
+    prefix_ids, suffix_ids = special_ids_around(backend, name_or_dir)
+    with_specials = prefix_ids + [-1] + suffix_ids  # as the fingerprint has always hashed them
     unk_id = tokenizer.unk_token_id
     if unk_id is None:
         raise ValueError(f"tokenizer {name_or_dir!r} has no unknown token; it is needed for "
@@ -217,8 +268,8 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
     info = TokenizerInfo(
         name=os.fspath(name_or_dir),
         fingerprint=fingerprint,
-        prefix_ids=with_specials[:split],
-        suffix_ids=with_specials[split + 1:],
+        prefix_ids=prefix_ids,
+        suffix_ids=suffix_ids,
         pad_token_id=int(pad_id),
         unk_token_id=int(unk_id),
         vocab_size=int(backend.get_vocab_size(with_added_tokens=True)),
@@ -226,6 +277,24 @@ def prepare_tokenizer(name_or_dir: str | os.PathLike, *, word_boundary_marker: s
         lowercase=lowercased,
     )
     return backend, info
+
+
+def special_ids_around(backend, name: str | os.PathLike) -> tuple[list[int], list[int]]:
+    """The special-token ids the tokenizer puts before and after a single sequence, e.g.
+    ([101], [102]) for BERT's [CLS] ... [SEP], ([0], [2]) for XLM-R's <s> ... </s>.
+
+    Read from what the backend's post-processor does to a one-token sequence (the pieces it
+    marks special), which is what encoding with special tokens gives.
+
+    Raises:
+      ValueError: the test token comes back as special tokens only.
+    """
+    encoding = backend.encode(["a"], is_pretokenized=True, add_special_tokens=True)
+    inner = [i for i, special in enumerate(encoding.special_tokens_mask) if not special]
+    if not inner:
+        raise ValueError(f"tokenizer {os.fspath(name)!r}: cannot tell its special tokens from "
+                         f"the text (encoding 'a' gave special tokens only: {encoding.ids})")
+    return list(encoding.ids[:inner[0]]), list(encoding.ids[inner[-1] + 1:])
 
 
 def tokenizer_lowercases(backend) -> bool:

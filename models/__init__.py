@@ -2,8 +2,8 @@
 
 import os
 
-# The one place that chooses Keras 2 (tf-keras) for `tf.keras`: transformers' TensorFlow models
-# are Keras 2 models, and with Keras 3 mixed precision silently leaves BERT in float32 (BUILD.md).
+# The one place that chooses Keras 2 (tf-keras) for `tf.keras`: the project's models and optimizer
+# are written for Keras 2 (BUILD.md says why tf-keras stays).
 # TensorFlow reads this when `tf.keras` is first touched (not when TensorFlow is imported), so it
 # only has to come before that: trainer/ imports this package first; data_pipeline/ and serving/
 # never touch tf.keras; scripts that do import `models` before they do.

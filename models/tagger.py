@@ -16,6 +16,7 @@ import tensorflow as tf
 from models import encoders, heads
 from models.bilstm import MaskedBiLSTM
 from models.config import TaggerConfig
+from models.transformer import TransformerEncoder, load_transformer
 
 
 class Tagger(tf.keras.Model):
@@ -39,10 +40,10 @@ class Tagger(tf.keras.Model):
         config.validate()
         self.config = config
         if config.encoder == "bert":
-            transformer = encoders.load_transformer(
-                pretrained=config.pretrained, encoder_config=config.encoder_config)
+            transformer = load_transformer(pretrained=config.pretrained,
+                                           encoder_config=config.encoder_config)
             num_used = 1 if config.hidden_layers == "last" else config.num_hidden_layers_used
-            self.encoder = encoders.TransformerEncoder(transformer, num_layers_used=num_used)
+            self.encoder = TransformerEncoder(transformer, num_layers_used=num_used)
         else:
             self.encoder = encoders.EmbeddingEncoder(config.vocab_size, config.embedding_dim)
         self.combiner = encoders.HiddenLayerCombiner(
@@ -215,9 +216,8 @@ class Tagger(tf.keras.Model):
 
     def variable_groups(self) -> dict[str, list[tf.Variable]]:
         """Trainable variables in named groups, in order: "embeddings", "encoder_layer_0" ..
-        "encoder_layer_{L-1}" ("encoder_other" for architectures with variables outside both),
-        "layer_mix", "bilstm", "head", "crf". Empty groups are omitted; every trainable variable
-        is in exactly one group.
+        "encoder_layer_{L-1}", "layer_mix", "bilstm", "head", "crf". Empty groups are omitted;
+        every trainable variable is in exactly one group.
 
         Raises:
           RuntimeError: the groups do not cover the trainable variables exactly once.

@@ -195,3 +195,71 @@ def test_no_private_name_is_imported_from_another_module():
             offences += private_uses(path.read_text(encoding="utf-8"),
                                      str(path.relative_to(REPO)))
     assert not offences, "\n".join(offences)
+
+
+# ------------------------------------------------------------------------------------------------
+# No transformers TensorFlow model anywhere (issue #22)
+# ------------------------------------------------------------------------------------------------
+
+# Scripts that recreate what transformers 4.54.1's TF models computed, run once in an environment
+# that has them; their output is committed and they are not imported by anything else.
+TF_MODEL_SCRIPTS = {"tests/fixtures/encoder_reference/make_references.py"}
+
+
+def transformers_tf_uses(source: str, filename: str = "<source>") -> list[str]:
+    """Where `source` reaches transformers' TensorFlow models: a name starting with "TF" imported
+    from transformers or read as `transformers.TF...`, a `modeling_tf_*` module, TF_MODEL_MAPPING,
+    or a `from_pt=` argument (loading PyTorch weights into a TF model)."""
+    found = []
+    tree = ast.parse(source, filename)
+    modules = {"transformers"}  # names bound to transformers (`import transformers as hf`)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "transformers":
+                    modules.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        where = f"{filename}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Import):
+            found += [f"{where}: import {a.name}" for a in node.names
+                      if a.name.split(".")[0] == "transformers" and "modeling_tf_" in a.name]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == (
+                "transformers"):
+            names = [a.name for a in node.names]
+            if "modeling_tf_" in node.module or any(
+                    n.startswith("TF") for n in names):
+                found.append(f"{where}: from {node.module} import {', '.join(names)}")
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id in modules and node.attr.startswith("TF")):
+            found.append(f"{where}: {node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Name) and node.id == "TF_MODEL_MAPPING":
+            found.append(f"{where}: TF_MODEL_MAPPING")
+        elif isinstance(node, ast.keyword) and node.arg == "from_pt":
+            found.append(f"{where}: from_pt=")
+    return sorted(set(found), key=lambda line: int(line.split(":")[1]))
+
+
+def test_the_tf_model_finder_finds_every_form():
+    source = ("import transformers as hf\nfrom transformers import AutoConfig, TFBertModel\n"
+              "from transformers.models.auto.modeling_tf_auto import TF_MODEL_MAPPING\n"
+              "m = hf.TFAutoModel.from_pretrained('x', from_pt=True)\n"
+              "import transformers.modeling_tf_utils\nconfig = hf.AutoConfig\n")
+    assert transformers_tf_uses(source, "x.py") == [
+        "x.py:2: from transformers import AutoConfig, TFBertModel",
+        "x.py:3: from transformers.models.auto.modeling_tf_auto import TF_MODEL_MAPPING",
+        "x.py:4: hf.TFAutoModel", "x.py:4: from_pt=",
+        "x.py:5: import transformers.modeling_tf_utils"]
+
+
+def test_no_module_uses_transformers_tensorflow_models():
+    """transformers 5 has none: the encoder is models/transformer/, for every package,
+    benchmark and test (only the scripts that made the committed references ran them)."""
+    offences = []
+    for folder in CHECKED_FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            name = str(path.relative_to(REPO))
+            if name not in TF_MODEL_SCRIPTS:
+                offences += transformers_tf_uses(path.read_text(encoding="utf-8"), name)
+    assert not offences, "\n".join(offences)
+    for script in TF_MODEL_SCRIPTS:  # the exception is still needed (and names a real file)
+        assert transformers_tf_uses((REPO / script).read_text(encoding="utf-8"), script)

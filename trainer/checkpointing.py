@@ -32,6 +32,7 @@ from typing import Callable
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer import legacy_checkpoint
 from trainer.run_dir import (BEST_DIR, BEST_FILE, CHECKPOINT_DIR, RunDirectoryError, read_best,
                              write_best)
 
@@ -167,6 +168,12 @@ class Checkpointer:
     # -- latest --------------------------------------------------------------------------------
 
     def _restore(self, path: str) -> None:
+        if legacy_checkpoint.is_legacy(path):  # written before #22: by a name map
+            legacy_checkpoint.restore(path, {**self._objects, **self._extra},
+                                      optional=tuple(self._extra))
+            self._log(f"{path} was written before #22 (transformers' TF encoder): restored "
+                      f"by name (trainer/legacy_checkpoint.py)")
+            return
         names = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
         missing = [key for key in self._extra if key not in names]
         checkpoint = self.checkpoint
@@ -290,7 +297,11 @@ class Checkpointer:
         if best is None:
             return None
         step = int(best["step"])
-        self._best.read(os.path.join(self._best_dir, "model")).assert_existing_objects_matched()
+        path = os.path.join(self._best_dir, "model")
+        if legacy_checkpoint.is_legacy(path):  # kept by the run before #22
+            legacy_checkpoint.restore(path, {"model": self._objects["model"]})
+        else:
+            self._best.read(path).assert_existing_objects_matched()
         return step
 
     def close(self) -> None:

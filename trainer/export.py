@@ -1,7 +1,7 @@
 """Export a trained tagger: `python -m trainer.export --run_dir=RUN --export_dir=DIR`.
 
     python -m trainer.export --run_dir=runs/pd --export_dir=exports/pd \\
-        [--checkpoint=best|latest|PATH] [--save_pretrained=h5|safetensors] [--overwrite]
+        [--checkpoint=best|latest|PATH] [--save_pretrained=safetensors] [--overwrite]
 
 The export directory alone is enough to serve (`serving.predict`, `serving.Predictor`,
 or `tf.saved_model.load` from any Python with TensorFlow): a SavedModel whose signature
@@ -66,7 +66,9 @@ from trainer.rebuild import build_model, prepare_serving_tokenizer  # noqa: E402
 from trainer.run_reader import read_run, resolve_checkpoint  # noqa: E402
 
 CHECKPOINT_CHOICES = ("best", "latest")
-PRETRAINED_FORMATS = ("h5", "safetensors")
+# config.json + model.safetensors with PyTorch names, what the hub serves. (tf_model.h5 is no
+# longer written: transformers 5 reads no TensorFlow weights; models.transformer still reads it.)
+PRETRAINED_FORMATS = ("safetensors",)
 ENCODER_DIR = "encoder"
 
 
@@ -161,8 +163,8 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
       max_seq_length, stride, input_format: the preprocessing settings the model was trained on.
       source: provenance for export.json (run directory, checkpoint, step).
       model_config: the TaggerConfig dict for export.json (default: the model's own).
-      save_pretrained: None, "h5" or "safetensors": also write the fine-tuned encoder with
-        transformers' `save_pretrained` into export_dir/encoder.
+      save_pretrained: None or "safetensors": also write the fine-tuned encoder as a Hugging
+        Face checkpoint into export_dir/encoder (see `save_pretrained_encoder`).
       pretrained_tokenizer: tokenizer name or directory to save beside that encoder.
       overwrite: replace an existing export_dir.
 
@@ -184,7 +186,7 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
             raise ExportError(f"--save_pretrained={save_pretrained!r}: expected one of "
                               f"{PRETRAINED_FORMATS}")
         if model.config.encoder != "bert":
-            raise ExportError("--save_pretrained needs a transformers encoder (--encoder=bert); "
+            raise ExportError("--save_pretrained needs a BERT-family encoder (--encoder=bert); "
                               f"this model's encoder is {model.config.encoder!r}")
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = export_dir.parent / f".{export_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -236,54 +238,43 @@ def export_model(model, export_dir: str | os.PathLike, *, label_map: list[str],
 
 def save_pretrained_encoder(model, directory: pathlib.Path, fmt: str,
                             tokenizer: str | None) -> dict:
-    """Writes a tagger's fine-tuned encoder with transformers' `save_pretrained`, and its
-    original tokenizer beside it (what `--save_pretrained` adds to an export as encoder/).
+    """Writes a tagger's fine-tuned encoder as a Hugging Face checkpoint, and its original
+    tokenizer beside it (what `--save_pretrained` adds to an export as encoder/).
 
-    The tagger's transformer was built inside the tagger, so its weight names carry the
-    tagger's scopes ("transformer_encoder/tf_bert_model_1/bert/...") and transformers could not
-    match them when loading. The weights are copied into a fresh, top-level instance of the same
-    class and config ("tf_bert_model/bert/..."), which is what `save_pretrained` writes.
+    The checkpoint is config.json and model.safetensors with PyTorch names
+    (`models.transformer.save_pretrained`): transformers' `AutoModel` (PyTorch), this project's
+    `--pretrained` and the hub read it. It has no pooler (the tagger has none).
 
     Args:
-      model: a built Tagger with a transformers encoder (encoder="bert").
+      model: a built Tagger with a BERT-family encoder (encoder="bert").
       directory: where the encoder is written.
-      fmt: "h5" or "safetensors".
+      fmt: "safetensors" (the one format, see PRETRAINED_FORMATS).
       tokenizer: tokenizer name or directory to save beside it (skipped if it cannot be loaded),
         or None.
 
     Returns:
-      export.json's "encoder_pretrained" entry: {"directory", "format", "model_class",
+      export.json's "encoder_pretrained" entry: {"directory", "format", "model_type",
       "tokenizer": whether the tokenizer was saved}.
-
-    Raises:
-      ExportError: the trained weights do not line up with a fresh instance's.
     """
-    from models.encoders import load_transformer
+    from models.transformer import save_pretrained
 
-    transformer = model.encoder.transformer
-    fresh = load_transformer(encoder_config=transformer.config.to_dict())
-    fresh(fresh.dummy_inputs, training=False)  # build its variables
-    source, target = transformer.weights, fresh.weights
-    tails = [w.name.split("/", 1)[1] for w in target]
-    if len(source) != len(target) or any(
-            not s.name.endswith(tail) or s.shape != t.shape
-            for s, t, tail in zip(source, target, tails)):
-        raise ExportError(f"cannot save the encoder with save_pretrained: the weights of a fresh "
-                          f"{type(fresh).__name__} do not line up with the trained ones")
-    for s, t in zip(source, target):
-        t.assign(s)
-    fresh.save_pretrained(str(directory), safe_serialization=(fmt == "safetensors"))
+    backbone = model.encoder.transformer
+    save_pretrained(backbone, directory)
     saved_tokenizer = False
     if tokenizer:
-        from data_pipeline.tokenization import load_tokenizer
+        from data_pipeline.tokenization import backend_tokenizer_json, load_tokenizer
 
         try:
-            load_tokenizer(tokenizer).save_pretrained(str(directory))
+            loaded = load_tokenizer(tokenizer)
+            loaded.save_pretrained(str(directory))
+            # Its tokenizer.json as it was read (transformers 5 would write its own rebuild).
+            (directory / "tokenizer.json").write_text(backend_tokenizer_json(loaded, tokenizer),
+                                                      encoding="utf-8")
             saved_tokenizer = True
         except ValueError:
             pass
-    return {"directory": ENCODER_DIR, "format": fmt,
-            "model_class": type(fresh).__name__, "tokenizer": saved_tokenizer}
+    return {"directory": ENCODER_DIR, "format": fmt, "model_type": backbone.config.model_type,
+            "tokenizer": saved_tokenizer}
 
 
 def _versions() -> dict:
@@ -307,7 +298,7 @@ def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, *,
       run_dir: a run directory written by `trainer.loop.train_and_evaluate`.
       export_dir: where the export goes.
       checkpoint: "best", "latest", or a checkpoint prefix / directory.
-      save_pretrained: None, "h5" or "safetensors" (see `export_model`).
+      save_pretrained: None or "safetensors" (see `export_model`).
       overwrite: replace an existing export_dir.
       log: receives progress messages.
 
@@ -380,7 +371,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                         "or a checkpoint prefix or directory.", **f)
     flags.DEFINE_string("export_dir", None, "Where the export is written.", required=True, **f)
     flags.DEFINE_enum("save_pretrained", None, PRETRAINED_FORMATS, "Also write the fine-tuned "
-                      "encoder with transformers' save_pretrained into EXPORT_DIR/encoder.", **f)
+                      "encoder as a Hugging Face checkpoint (config.json, model.safetensors) "
+                      "into EXPORT_DIR/encoder.", **f)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing, non-empty --export_dir.", **f)
 
 

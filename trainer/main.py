@@ -32,11 +32,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipeline.workers import WorkerDiedError
     from trainer.checkpointing import DivergenceError, RunDirectoryError
     from trainer.cache import DataError
+    from trainer.legacy_checkpoint import LegacyCheckpointError
 
     # ResourceExhaustedError: out of memory, e.g. for a --batch_size or layer size too large.
     return (config_lib.ConfigError, RunDirectoryError, DivergenceError, CorpusError, ShardError,
-            DataError, WorkerDiedError, OSError, tf.errors.InvalidArgumentError,
-            tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.ResourceExhaustedError)
+            DataError, WorkerDiedError, LegacyCheckpointError, OSError,
+            tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError,
+            tf.errors.ResourceExhaustedError)
 
 
 def note_missing_gpu() -> str | None:

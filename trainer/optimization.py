@@ -160,7 +160,9 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-6,
                  global_clipnorm: float | None = None, name: str = "GroupedAdamW",
                  compact_rows: list[tuple[tf.Variable, tf.Tensor]] = ()):
-        """compact_rows: (variable, int32 [K] sorted row ids) pairs: those variables get
+        """variable_groups: the trainable groups, kept as `variable_groups` (in the order the
+        slots are built: `build` is called with their variables in this order).
+        compact_rows: (variable, int32 [K] sorted row ids) pairs: those variables get
         [K, ...] slots and [K, ...] gradients (see `CompactRows`); only these rows update."""
         super().__init__(name=name, global_clipnorm=global_clipnorm or None, jit_compile=False)
         # The base class needs a learning rate; the real ones come from `schedules`.
@@ -169,6 +171,9 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
         self.decoupled_weight_decay = float(weight_decay)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self._compact_rows = {self._var_key(v): rows for v, rows in compact_rows}
+        # Not tracked: a checkpoint must reach the model's variables through the model only.
+        self.variable_groups = self._no_dependency(
+            {group: list(vs) for group, vs in variable_groups.items()})
         self._group_of = {}
         self._decays = {}
         for group, variables in variable_groups.items():
@@ -192,6 +197,12 @@ class GroupedAdamW(tf.keras.optimizers.Optimizer):
             shape = [int(rows.shape[0])] + variable.shape.as_list()[1:]  # [K, dim]
             for slots, slot in ((self._momentums, "m"), (self._velocities, "v")):
                 slots.append(self.add_variable_from_reference(variable, slot, shape=shape))
+
+    def slots(self, variable: tf.Variable) -> tuple[tf.Variable, tf.Variable]:
+        """(m, v) of a variable the optimizer was built with: shaped like it, or [K, ...] for a
+        row-compact one."""
+        index = self._index_dict[self._var_key(variable)]
+        return self._momentums[index], self._velocities[index]
 
     def learning_rate_of(self, group: str):
         """float32 scalar: the current learning rate of `group`."""

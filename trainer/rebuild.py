@@ -8,7 +8,8 @@ fingerprint. The model is rebuilt from the model config the run directory carrie
 `trainer.run_reader`) under the run's mixed precision policy, and every weight is restored from
 the checkpoint, so the export tags exactly as the trainer's evaluation did. A pretrained encoder
 is rebuilt from its config only: the checkpoint holds every weight, so the pretrained weights are
-not read again.
+not read again. A checkpoint written before #22 (transformers' TF encoder) is read by the name
+map of `trainer.legacy_checkpoint`.
 
 TensorFlow, transformers and the model code are imported inside the functions that use them.
 """
@@ -84,6 +85,14 @@ def build_model(run: RunInfo, checkpoint_prefix: str):
                 tagger.label_map) if constrained else None)
         except (OSError, ValueError) as e:
             raise ExportError(f"cannot rebuild the run's model: {e}") from None
+    from trainer import legacy_checkpoint
+
+    if legacy_checkpoint.is_legacy(checkpoint_prefix):  # written before #22: by a name map
+        try:
+            legacy_checkpoint.restore(checkpoint_prefix, {"model": model})
+        except legacy_checkpoint.LegacyCheckpointError as e:
+            raise ExportError(str(e)) from None
+        return model, trained
     status = tf.train.Checkpoint(model=model).read(checkpoint_prefix)
     try:
         status.expect_partial()  # optimizer slots, step, input position are not exported

@@ -6,9 +6,9 @@ of 128 units, a softmax head over 7 tags) the log shows:
     variables: 15 groups, 30,110,471 parameters: 1,706,759 trainable, 28,403,712 frozen
     group             parameters  variables  state      peak lr
     embeddings         7,110,144          5  frozen           0
-    encoder_layer_0    1,774,464         16  frozen           0
+    encoder_layer_0    1,774,464         12  frozen           0
     ...
-    encoder_layer_11   1,774,464         16  frozen           0
+    encoder_layer_11   1,774,464         12  frozen           0
     bilstm             1,704,960          6  trainable    0.001
     head                   1,799          2  trainable    0.001
     total trainable    1,706,759
@@ -53,7 +53,7 @@ def _parameters(variable: tf.Variable) -> int:
 
 
 def pretrained_weights_info(model) -> dict[str, Any]:
-    """How the encoder got its weights, as recorded by `models.encoders.load_transformer`.
+    """How the encoder got its weights, as recorded by `models.transformer.load_transformer`.
 
     Returns:
       {"summary": one line, ...}: the `LoadingInfo` as JSON for pretrained weights, else
@@ -63,7 +63,7 @@ def pretrained_weights_info(model) -> dict[str, Any]:
     if transformer is None:
         return {"source": None, "summary": "pretrained weights: none (embedding encoder, "
                                            "randomly initialised)"}
-    info = getattr(transformer, "tagger_loading_info", None)
+    info = transformer.loading_info
     if info is None:
         return {"source": None, "summary": "pretrained weights: none (randomly initialised "
                                            "from the encoder config)"}

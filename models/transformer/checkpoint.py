@@ -104,8 +104,9 @@ def load_transformer(*, pretrained: str | pathlib.Path | None = None,
     Args:
       pretrained: local directory or hub name. Weights come from model.safetensors if present,
         else tf_model.h5; pickled weights are never loaded.
-      encoder_config: instead of `pretrained`: a config directory, or a dict of config.json
-        values with optional "model_type" (default "bert"), for a random initialisation.
+      encoder_config: instead of `pretrained`: a config directory or hub name (its config.json
+        alone is read), or a dict of config.json values with optional "model_type" (default
+        "bert"), for a random initialisation.
 
     Returns:
       A `TransformerBackbone` with its variables. Its `loading_info` is a `LoadingInfo` for
@@ -128,7 +129,7 @@ def load_transformer(*, pretrained: str | pathlib.Path | None = None,
     if isinstance(encoder_config, dict):
         config = EncoderConfig.from_dict(encoder_config)
     else:
-        config = EncoderConfig.from_pretrained(encoder_config)
+        config = EncoderConfig.from_pretrained(files.resolve_config(encoder_config))
     backbone = TransformerBackbone(config)
     backbone.build_variables()
     return backbone

@@ -66,10 +66,7 @@ def resolve_checkpoint(pretrained: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(pretrained).expanduser()
     if path.is_dir():
         return path
-    name = str(pretrained)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise CheckpointError(f"{pretrained}: not a checkpoint directory (expected a directory "
-                              f"with {CONFIG} and {SAFETENSORS} or {H5}, or a hub model name)")
+    name = _hub_name(pretrained)
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -93,6 +90,43 @@ def resolve_checkpoint(pretrained: str | pathlib.Path) -> pathlib.Path:
             raise CheckpointError(f"{pretrained}: the hub has no {SAFETENSORS} or {H5} for this "
                                   f"model") from None
     return snapshot
+
+
+def _hub_name(pretrained: str | pathlib.Path) -> str:
+    """`pretrained` as a hub model name ("org/name" or "name"), for what is not a directory.
+
+    Raises:
+      CheckpointError: it looks like a path (exists, starts with ".", "/" or "~", or has more
+        than one "/").
+    """
+    path, name = pathlib.Path(pretrained).expanduser(), str(pretrained)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"{pretrained}: not a checkpoint directory (expected a directory "
+                              f"with {CONFIG} and {SAFETENSORS} or {H5}, or a hub model name)")
+    return name
+
+
+def resolve_config(pretrained: str | pathlib.Path) -> pathlib.Path:
+    """A local directory holding the config.json of `pretrained`: itself if it is a directory,
+    else the hub's (or its cache's) copy of that file alone, for building an encoder whose
+    weights come from elsewhere (a run's checkpoint).
+
+    Raises:
+      CheckpointError: no such directory, and no such model on the hub (or in its cache).
+    """
+    path = pathlib.Path(pretrained).expanduser()
+    if path.is_dir():
+        return path
+    name = _hub_name(pretrained)
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return pathlib.Path(huggingface_hub.hf_hub_download(name, CONFIG)).parent
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise CheckpointError(f"{pretrained}: not a local directory, nor a model the hub (or its "
+                              f"cache) has a {CONFIG} for ({type(error).__name__}: "
+                              f"{error})") from None
 
 
 @dataclasses.dataclass

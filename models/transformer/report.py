@@ -1,7 +1,8 @@
 """The loading report: which checkpoint weights were loaded, unused, missing or of another shape.
 
-The same fields, summary line and JSON as `models.encoders.LoadingInfo` (which describes
-transformers' `from_pretrained`), so that the trainer's variables report reads either.
+Its fields, summary line and JSON are those the trainer's variables report (RUN_DIR/variables.json)
+has recorded since the encoder was transformers' TF model, whose `from_pretrained` they described,
+so reports of old and new runs read alike.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""benchmarks/hf_reference.py: the kashgari-style frozen recipe (issue 9, runs item 5)."""
+"""benchmarks/hf_reference.py: TFBertForTokenClassification's network and recipe on this
+project's encoder, transformers' warmup schedule, and the kashgari-style frozen recipe (issue 9,
+runs item 5)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,12 @@ from benchmarks import hf_reference  # imports models, which chooses Keras 2 for
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
-    import tensorflow as tf
-    from transformers import BertConfig, TFBertModel
+    from models.transformer import load_transformer, save_pretrained
 
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=5, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    model = TFBertModel(config)
-    model(tf.zeros([1, 4], tf.int32))
     path = tmp_path_factory.mktemp("tiny_bert")
-    model.save_pretrained(path)
+    save_pretrained(load_transformer(encoder_config=dict(
+        vocab_size=50, hidden_size=16, num_hidden_layers=5, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, initializer_range=0.05)), path)
     return path
 
 
@@ -31,6 +30,43 @@ def batch(seed, batch_size=4, length=12, num_labels=5):
          "token_type_ids": np.zeros_like(input_ids)}
     labels = np.eye(num_labels, dtype=np.float32)[rng.integers(0, num_labels, [batch_size, length])]
     return x, labels
+
+
+def test_reference_recipe_fine_tunes_tfbertfortokenclassifications_network(tiny_bert_dir):
+    """Encoder -> dropout (hidden_dropout_prob) -> Dense classifier drawn from a truncated normal
+    with initializer_range, bias 0; the sparse loss from logits, and every weight (the
+    encoder's included) gets a gradient from it."""
+    import tensorflow as tf
+
+    model = hf_reference.build_reference_model(5, pretrained=str(tiny_bert_dir), total_steps=4)
+    assert isinstance(model, hf_reference.TokenClassifier)
+    x, labels = batch(2)
+    logits = model(x).numpy()
+    assert logits.shape == (4, 12, 5)
+    assert model.dropout.rate == pytest.approx(0.1)
+    kernel = model.classifier.kernel.numpy()
+    assert kernel.shape == (16, 5) and np.abs(kernel).max() <= 2 * 0.05  # truncated at 2 sigma
+    assert 0.02 < kernel.std() < 0.05 and not model.classifier.bias.numpy().any()
+    assert model.loss.get_config()["from_logits"] is True
+    assert len(model.trainable_weights) == 2 + 5 + 5 * 12  # classifier, embeddings, 5 blocks
+    with tf.GradientTape() as tape:
+        loss = model.loss(labels.argmax(-1), model(x, training=True),
+                          sample_weight=x["attention_mask"])
+    gradients = tape.gradient(loss, model.trainable_weights)
+    assert all(float(tf.norm(tf.convert_to_tensor(g))) > 0 for g in gradients)
+
+
+def test_warmup_is_transformers_schedule():
+    """Linear warmup to the peak, then the decay schedule run from the end of the warmup."""
+    rate = hf_reference.learning_rate_schedule(1e-3, total_steps=10, warmup_steps=4)
+    values = [float(rate(step)) for step in range(11)]
+    np.testing.assert_allclose(values, [0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3 * 5 / 6,
+                                        1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6, 1e-3 / 6, 0],
+                               rtol=1e-6, atol=1e-10)
+    constant = hf_reference.learning_rate_schedule(1e-3, total_steps=10, warmup_steps=2,
+                                                   schedule="constant")
+    np.testing.assert_allclose([float(constant(step)) for step in (0, 1, 2, 9)],
+                               [0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
 
 
 def test_kashgari_recipe_trains_the_bilstm_and_head_only(tiny_bert_dir):

@@ -113,3 +113,32 @@ def test_missing_tokenizer_directory_is_our_error_not_a_hub_name_error(tmp_path)
     a_file.write_text("[UNK]\n")
     with pytest.raises(ValueError, match="is a file; give the directory"):
         load(a_file)
+
+
+# The fingerprints transformers 4.54.1 with tokenizers 0.21.4 gave the shipped tokenizers (char
+# format; word-level, which keeps XLM-R's `▁`; word-level lowercased): manifests and exports
+# record them, so a change would rebuild every cache and refuse every existing run's export.
+SHIPPED_FINGERPRINTS = {
+    ("bert-base-chinese-vocab", "char", False):
+        "eb62d6e5bdcbe58cf1ad4d05ec074bf44f1ac427a0e461ce09404867754837ea",
+    ("bert-base-chinese-vocab", "conll", True):
+        "557bffe1916b37e1b60bcb1f9b28a29ad8cd0b5b5eb73653deebf9ce6a935110",
+    ("multilingual-e5-small-zh", "char", False):
+        "b37e448a94215cb54216109a5255e909e19fe24a569f5ceb38366e7391dc918c",
+    ("multilingual-e5-small-zh", "conll", False):
+        "e11423fba2a368b4169bd9e61d6f72ecefc3af388805c9dd06d1bcd7ad73139a",
+    ("multilingual-e5-small-zh", "conll", True):
+        "70b6a4b75915861fff7e2b4ebf57b1b3a8323b2c53a18b7ba99d1f35beadf0b0",
+}
+
+
+@pytest.mark.parametrize("name, input_format, lowercase", sorted(SHIPPED_FINGERPRINTS))
+def test_shipped_tokenizers_keep_the_fingerprints_of_transformers_4(shared_dir, name,
+                                                                    input_format, lowercase):
+    """transformers 5 rebuilds XLM-R's pipeline (another normaliser, a WhitespaceSplit before
+    the Metaspace); the tokenizer.json as written is what preprocessing has always used."""
+    backend, info = tokenization.prepare_tokenizer(
+        shared_dir / "models" / name, word_boundary_marker="auto", input_format=input_format,
+        lowercase=lowercase)
+    assert info.fingerprint == SHIPPED_FINGERPRINTS[name, input_format, lowercase]
+    assert info.prefix_ids + info.suffix_ids == ([101, 102] if name.startswith("bert") else [0, 2])

@@ -173,6 +173,12 @@ def test_a_hub_name_resolves_to_its_cached_snapshot(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="tiny-org/other: not a local directory, nor a "
                                               "model the hub"):
         load_transformer(pretrained="tiny-org/other")
+    # A run's export rebuilds the encoder from the hub name's config.json alone.
+    rebuilt = load_transformer(encoder_config="tiny-org/tiny-bert")
+    assert rebuilt.loading_info is None and rebuilt.config == backbone.config
+    with pytest.raises(CheckpointError, match="tiny-org/other: not a local directory, nor a "
+                                              "model the hub .* has a config.json"):
+        load_transformer(encoder_config="tiny-org/other")
 
 
 def test_sharded_safetensors_load_like_one_file(tmp_path):

@@ -48,7 +48,8 @@ def run_dir(tmp_path_factory, people_daily_dir, bert_chinese_dir):
 
 @pytest.fixture(scope="module")
 def export_dir(run_dir):
-    """The export the trainer's end-of-training hook writes (plus the encoder for transformers)."""
+    """The export the trainer's end-of-training hook writes (plus the encoder as a Hugging Face
+    checkpoint)."""
     path = export.export_after_training(run_dir, save_pretrained="safetensors",
                                         log=lambda message: None, warn=pytest.fail)
     assert path == run_dir.resolve() / "export"
@@ -212,30 +213,42 @@ def test_saved_model_signature_works_without_the_project(run_dir, export_dir, tm
     labelled = probs[batch["label_mask"] == 1]
     assert np.all((labelled > 0) & (labelled <= 1.0 + 1e-6))
 
-    # save_pretrained: transformers reads the fine-tuned encoder back (safetensors here, h5 too)
-    # with every trained weight, bit for bit. (Weights, not outputs: the run may compute in
-    # bfloat16, a reloaded transformers model computes in float32.)
-    from transformers import TFAutoModel
+    # save_pretrained: the fine-tuned encoder as a Hugging Face checkpoint, read back with every
+    # trained weight, bit for bit. (Weights, not outputs: the run may compute in bfloat16.)
+    import transformers
 
-    def layer_path(weight):  # ".../tf_bert_model_1/bert/encoder/..." -> "bert/encoder/..."
-        return "bert/" + weight.name.split("/bert/", 1)[1]
+    from models.transformer import load_transformer, weight_slots
 
-    trained = {layer_path(w): w.numpy() for w in model.encoder.transformer.weights}
-    ids = tf.constant(batch["input_ids"][:2])
-    mask = tf.constant(batch["attention_mask"][:2])
-    h5_dir = tmp_path / "h5"
-    export.save_pretrained_encoder(model, h5_dir, "h5", None)
-    assert (h5_dir / "tf_model.h5").is_file()
-    hidden = []
-    for directory in (export_dir / export.ENCODER_DIR, h5_dir):
-        reloaded = TFAutoModel.from_pretrained(str(directory))
-        hidden.append(reloaded(input_ids=ids, attention_mask=mask).last_hidden_state.numpy())
-        weights = {layer_path(w): w.numpy() for w in reloaded.weights}
-        # The tagger has no pooler; transformers initialises one afresh (and says so).
-        assert {n for n in weights if not n.startswith("bert/pooler/")} == trained.keys()
-        for name, value in trained.items():
-            np.testing.assert_array_equal(weights[name], value, err_msg=name)
-    np.testing.assert_array_equal(hidden[0], hidden[1])
+    encoder_dir = export_dir / export.ENCODER_DIR
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in encoder_dir.iterdir()}
+    assert transformers.AutoConfig.from_pretrained(str(encoder_dir)).model_type == "bert"
+
+    assert json.loads((export_dir / "export.json").read_text())["encoder_pretrained"] == {
+        "directory": "encoder", "format": "safetensors", "model_type": "bert", "tokenizer": True}
+    reloaded = load_transformer(pretrained=str(encoder_dir))
+    assert reloaded.loading_info.complete and not reloaded.loading_info.unused
+    trained = weight_slots(model.encoder.transformer)
+    for ours, theirs in zip(trained, weight_slots(reloaded)):
+        assert ours.pytorch_name == theirs.pytorch_name
+        np.testing.assert_array_equal(theirs.value(pytorch=True), ours.value(pytorch=True),
+                                      err_msg=ours.pytorch_name)
+
+
+def test_the_saved_encoders_tokenizer_tokenizes_as_the_original(e5_dir, tmp_path):
+    """transformers 5 would save the XLM-R tokenizer as it rebuilds it (another normaliser and
+    pre-tokenizer); encoder/ gets the tokenizer.json that was read."""
+    from models import TaggerConfig, build_tagger
+
+    model = build_tagger(TaggerConfig(encoder_config=tt.TINY_BERT, num_tags=3))
+    entry = export.save_pretrained_encoder(model, tmp_path / "encoder", "safetensors",
+                                           str(e5_dir))
+    assert entry["tokenizer"] is True
+    for input_format in ("char", "conll"):
+        saved, original = (tokenization.prepare_tokenizer(
+            directory, word_boundary_marker="auto", input_format=input_format)[1]
+            for directory in (tmp_path / "encoder", e5_dir))
+        assert saved.fingerprint == original.fingerprint
 
 
 def test_bad_runs_and_export_dirs_get_a_clear_message(run_dir, export_dir, tmp_path, capsys):
@@ -300,7 +313,7 @@ def test_command_line_flags_help_and_usage_errors(tmp_path, capsys):
         assert flag in help_text
     for argv, message in (([f"--export_dir={tmp_path}"], "--run_dir must have a value"),
                           (["--run_dir=r", "--export_dir=e", "--save_pretrained=pt"],
-                           "should be one of <h5|safetensors>"),
+                           "should be one of <safetensors>"),
                           (["--run_dir=r", "--export_dir=e", "extra"], "unexpected arguments")):
         with pytest.raises(SystemExit) as stop:
             export.main(argv)
