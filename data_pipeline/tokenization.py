@@ -101,6 +101,9 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
                                                   trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load tokenizer {name!r}: {e}") from None
+    except (KeyError, TypeError) as e:  # transformers 5 on a malformed tokenizer.json
+        raise ValueError(f"cannot load tokenizer {name!r}: malformed tokenizer files "
+                         f"({type(e).__name__}: {e})") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {name!r} is not a fast (Rust) tokenizer; word alignment needs "
                          f"one (a tokenizer.json in the directory)")

@@ -35,7 +35,7 @@ def test_missing_weights_or_config_are_named(model_dir, tmp_path_factory):
 
 
 def test_the_encoder_loader_refuses_pickles(model_dir):
-    from models.encoders import load_transformer
+    from models.transformer import load_transformer
 
     (model_dir / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(OSError, match=r"PyTorch pickle weights \(pytorch_model.bin\)"):
