@@ -107,7 +107,7 @@ ENCODERS = {
               "the model cannot be built from --encoder_config="),
     "type": ('{"hidden_size": "x"}', "the model cannot be built from --encoder_config="),
     "layers": ('{"num_hidden_layers": 0, "hidden_size": 32, "num_attention_heads": 2}',
-               "num_hidden_layers_used=2 but this encoder has 1 hidden states"),
+               "encoder config: num_hidden_layers=0 must be >= 1"),
 }
 
 
