@@ -94,6 +94,11 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
         problem = tokenizer_directory_problem(name)
         if problem:
             raise ValueError(problem)
+    # transformers 5 advises at import that without PyTorch "Models won't be available": this
+    # project uses it for tokenizers only, so that advice is not ours to print (issue #24). The
+    # switch silences transformers' advisory warnings alone (`logger.warning_advice`), not its
+    # real ones; a value the user set is kept.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer
 
     try:

@@ -236,7 +236,7 @@ def transformers_tf_uses(source: str, filename: str = "<source>") -> list[str]:
             found.append(f"{where}: TF_MODEL_MAPPING")
         elif isinstance(node, ast.keyword) and node.arg == "from_pt":
             found.append(f"{where}: from_pt=")
-    return sorted(set(found), key=lambda line: int(line.split(":")[1]))
+    return sorted(set(found), key=lambda line: (int(line.split(":")[1]), line))
 
 
 def test_the_tf_model_finder_finds_every_form():
@@ -247,7 +247,7 @@ def test_the_tf_model_finder_finds_every_form():
     assert transformers_tf_uses(source, "x.py") == [
         "x.py:2: from transformers import AutoConfig, TFBertModel",
         "x.py:3: from transformers.models.auto.modeling_tf_auto import TF_MODEL_MAPPING",
-        "x.py:4: hf.TFAutoModel", "x.py:4: from_pt=",
+        "x.py:4: from_pt=", "x.py:4: hf.TFAutoModel",
         "x.py:5: import transformers.modeling_tf_utils"]
 
 

@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 
@@ -30,6 +31,36 @@ except ImportError:
 else:
     raise SystemExit("the project is importable")
 """
+
+
+def tag_text_without_the_project(export_dir, lines: list[str], tmp_path: pathlib.Path, *,
+                                 imports: str = "") -> tuple[dict, pathlib.Path, dict]:
+    """Runs the export's `tag_text` on `lines` in `python -I` with this project (and
+    transformers, tokenizers) blocked, from a directory of its own.
+
+    Returns:
+      (its outputs as JSON values, that directory, the environment it ran in).
+    """
+    outputs = tmp_path / "outputs.json"
+    script = tmp_path / "serve.py"
+    script.write_text(BLOCK_PROJECT + textwrap.dedent(f"""
+        import json
+        import tensorflow as tf
+        {imports}
+        tag_text = tf.saved_model.load({str(export_dir)!r}).signatures["tag_text"]
+        out = tag_text(text=tf.constant({lines!r}))
+        json.dump({{k: v.numpy().tolist() for k, v in out.items()}}, open({str(outputs)!r}, "w"),
+                  default=lambda b: b.decode())
+    """), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    result = subprocess.run([sys.executable, "-I", str(script)], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(outputs.read_text()), elsewhere, env
+
+
 TINY_BERT = dict(vocab_size=21128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, max_position_embeddings=128)
 

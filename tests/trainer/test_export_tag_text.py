@@ -11,7 +11,6 @@ import random
 import re
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -205,25 +204,7 @@ def test_runs_without_the_project_and_through_saved_model_cli(export_dir, tag_te
     lines = ["国务院总理在北京会见了美国客人。", " 北京\t欢迎 你", ""]
     expected = {k: v.numpy() for k, v in tag_text(text=tf.constant(lines)).items()}
     assert expected["num_entities"][0] > 0
-    outputs = tmp_path / "outputs.json"
-    # `python -I`: no PYTHONPATH, no user site, not the current directory; the project's
-    # editable install would still be found, so its packages are blocked too.
-    script = tmp_path / "serve.py"
-    script.write_text(tt.BLOCK_PROJECT + textwrap.dedent(f"""
-        import json
-        import tensorflow as tf
-        tag_text = tf.saved_model.load({str(export_dir)!r}).signatures["tag_text"]
-        out = tag_text(text=tf.constant({lines!r}))
-        json.dump({{k: v.numpy().tolist() for k, v in out.items()}}, open({str(outputs)!r}, "w"),
-                  default=lambda b: b.decode())
-    """), encoding="utf-8")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
-    result = subprocess.run([sys.executable, "-I", str(script)], cwd=elsewhere, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    served = json.loads(outputs.read_text())
+    served, elsewhere, env = tt.tag_text_without_the_project(export_dir, lines, tmp_path)
     for key, value in expected.items():
         if value.dtype == object:
             assert served[key] == plain(value), key

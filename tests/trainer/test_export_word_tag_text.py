@@ -12,11 +12,7 @@ its normaliser lowercases, strips accents, drops control characters and pads CJK
 """
 
 import json
-import os
 import random
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -211,27 +207,10 @@ def test_runs_in_a_process_that_cannot_import_the_project(export_dir, loaded, tm
     tag_text = loaded.signatures["tag_text"]
     expected = {k: v.numpy() for k, v in tag_text(text=tf.constant(lines)).items()}
     assert expected["num_entities"][:3].sum() > 0
-    outputs = tmp_path / "outputs.json"
-    # `python -I`: no PYTHONPATH, no user site, not the current directory; the project's
-    # editable install (and transformers, tokenizers) is blocked too. tensorflow_text is what
-    # export.json says the SavedModel needs.
-    script = tmp_path / "serve.py"
-    script.write_text(tt.BLOCK_PROJECT + textwrap.dedent(f"""
-        import json
-        import tensorflow as tf
-        import tensorflow_text
-        tag_text = tf.saved_model.load({str(export_dir)!r}).signatures["tag_text"]
-        out = tag_text(text=tf.constant({lines!r}))
-        json.dump({{k: v.numpy().tolist() for k, v in out.items()}}, open({str(outputs)!r}, "w"),
-                  default=lambda b: b.decode())
-    """), encoding="utf-8")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
-    result = subprocess.run([sys.executable, "-I", str(script)], cwd=elsewhere, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    served = json.loads(outputs.read_text())
+    # The project, transformers and tokenizers blocked; tensorflow_text is what export.json says
+    # the SavedModel needs.
+    served, _, _ = tt.tag_text_without_the_project(export_dir, lines, tmp_path,
+                                                   imports="import tensorflow_text")
     assert set(served) == set(expected)
     for key, value in expected.items():
         if value.dtype == object:
