@@ -1,10 +1,10 @@
 """Which files a local pretrained encoder directory must hold, checked before anything loads.
 
-transformers' own errors for an unusable directory point elsewhere: a directory holding only
-PyTorch pickles (pytorch_model.bin) gets "Use `from_pt=True`", which this project never passes
-(unpickling runs whatever code the file carries). `pretrained_directory_problem` says instead what
-is missing and, for pickles, how to convert them once to safetensors. Standard library only, so
-the trainer's config can call it before TensorFlow is imported.
+The one place that says which weight files the encoder loader (models/transformer/files.py)
+reads and how a pickled checkpoint is refused: `pretrained_directory_problem` for the trainer's
+flag checks and `pickle_refusal_message` for the loader say the same thing, what is missing and,
+for pickles, how to convert them once to safetensors. Standard library only, so the trainer's
+config can call it before TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -12,11 +12,34 @@ from __future__ import annotations
 import os
 
 CONFIG_FILE = "config.json"
-# What `encoders.load_transformer` reads (from_pt=False): safetensors (a PyTorch checkpoint saved
-# as safetensors loads into TensorFlow too) or Keras h5, each whole or sharded with an index.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "tf_model.h5",
-                "tf_model.h5.index.json")
-PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+H5 = "tf_model.h5"
+# What models.transformer reads, in this order: safetensors (PyTorch names; whole, or shards
+# listed in the index), else transformers' TF h5. Never pickles.
+WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, H5)
+PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin",
+                        "model.pt", "model.ckpt")
+
+
+def pickled_weights(directory: str | os.PathLike) -> list[str]:
+    """The pickled weight files in `directory`: PICKLED_WEIGHT_FILES, then any other *.bin."""
+    directory = os.fspath(directory)
+    found = [name for name in PICKLED_WEIGHT_FILES
+             if os.path.isfile(os.path.join(directory, name))]
+    return found + sorted(name for name in os.listdir(directory)
+                          if name.endswith(".bin") and name not in found
+                          and os.path.isfile(os.path.join(directory, name)))
+
+
+def pickle_refusal_message(directory: str | os.PathLike, found: str) -> str:
+    """Why the pickled weights `found` (file names, comma-separated) in `directory` (or a hub
+    model name) are not loaded, and the one command that converts them."""
+    return (f"{directory} holds only PyTorch pickles ({found}), which are refused: loading one "
+            f"runs any code it carries. Convert them to {SAFETENSORS} once, in a trusted "
+            f"environment with PyTorch: python -c \"from transformers import AutoModel; "
+            f"m = AutoModel.from_pretrained('{directory}'); m.save_pretrained('{directory}', "
+            f"safe_serialization=True)\"")
 
 
 def pretrained_directory_problem(directory: str | os.PathLike) -> str | None:
@@ -30,20 +53,12 @@ def pretrained_directory_problem(directory: str | os.PathLike) -> str | None:
       has config.json and one of WEIGHT_FILES.
     """
     directory = os.fspath(directory)
-
-    def has(name: str) -> bool:
-        return os.path.isfile(os.path.join(directory, name))
-
-    if not has(CONFIG_FILE):
+    if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
         return (f"{directory} holds no {CONFIG_FILE}: not a transformers model directory (a "
                 f"pretrained encoder needs {CONFIG_FILE} and its weights)")
-    if any(has(name) for name in WEIGHT_FILES):
+    if any(os.path.isfile(os.path.join(directory, name)) for name in WEIGHT_FILES):
         return None
-    pickles = [name for name in PICKLED_WEIGHT_FILES if has(name)]
+    pickles = pickled_weights(directory)
     if pickles:
-        return (f"{directory} holds only PyTorch pickles ({', '.join(pickles)}), which are "
-                f"refused: loading one runs any code it carries. Convert them to "
-                f"model.safetensors once, in a trusted environment with PyTorch: python -c "
-                f"\"from transformers import AutoModel; m = AutoModel.from_pretrained('{directory}'"
-                f"); m.save_pretrained('{directory}', safe_serialization=True)\"")
+        return pickle_refusal_message(directory, ", ".join(pickles))
     return f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}"

@@ -17,12 +17,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-H5 = "tf_model.h5"
-CONFIG = "config.json"
-PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt",
-           "model.ckpt")
+from models.pretrained_files import (  # the file names and the pickle refusal, said once
+    CONFIG_FILE as CONFIG, H5, SAFETENSORS, SAFETENSORS_INDEX, pickle_refusal_message,
+    pickled_weights)
+
 # Fetched for a hub name: the config, safetensors weights or else the TF weights; never pickles.
 HUB_SAFETENSORS_PATTERNS = [CONFIG, SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors"]
 
@@ -32,11 +30,8 @@ class CheckpointError(OSError):
 
 
 def pickle_refusal(directory: pathlib.Path, found: str) -> CheckpointError:
-    return CheckpointError(
-        f"{directory} has PyTorch pickle weights ({found}) but no {SAFETENSORS} or {H5}: "
-        f"pickles are never loaded (they can run code). Convert them once where torch is "
-        f"installed, e.g. transformers.AutoModel.from_pretrained(DIR).save_pretrained(DIR, "
-        f"safe_serialization=True), or use a checkpoint that ships {SAFETENSORS}")
+    """The error for a checkpoint with only pickled weights (`found`: their names)."""
+    return CheckpointError(pickle_refusal_message(directory, found))
 
 
 def weights_file(directory: pathlib.Path) -> pathlib.Path:
@@ -48,8 +43,7 @@ def weights_file(directory: pathlib.Path) -> pathlib.Path:
     for name in (SAFETENSORS, SAFETENSORS_INDEX, H5):
         if (directory / name).is_file():
             return directory / name
-    pickles = [name for name in PICKLES if (directory / name).is_file()]
-    pickles += sorted(p.name for p in directory.glob("*.bin") if p.name not in pickles)
+    pickles = pickled_weights(directory) if directory.is_dir() else []
     if pickles:
         raise pickle_refusal(directory, ", ".join(pickles))
     raise CheckpointError(f"{directory} has no {SAFETENSORS}, {SAFETENSORS_INDEX} or {H5}")
@@ -67,10 +61,7 @@ def resolve_checkpoint(pretrained: str | pathlib.Path) -> pathlib.Path:
     if path.is_dir():
         return path
     name = _hub_name(pretrained)
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
-    hub_errors = (HfHubHTTPError, OSError, ValueError)  # ValueError: not a valid repo id
+    huggingface_hub, hub_errors = _hub()
     try:
         snapshot = pathlib.Path(huggingface_hub.snapshot_download(
             name, allow_patterns=HUB_SAFETENSORS_PATTERNS))
@@ -90,6 +81,16 @@ def resolve_checkpoint(pretrained: str | pathlib.Path) -> pathlib.Path:
             raise CheckpointError(f"{pretrained}: the hub has no {SAFETENSORS} or {H5} for this "
                                   f"model") from None
     return snapshot
+
+
+def _hub():
+    """(huggingface_hub, the errors a hub lookup raises for a model it cannot give: HTTP errors,
+    OSError offline or when not cached, ValueError for a name that is no valid repo id).
+    Imported on first use: local directories never need it."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return huggingface_hub, (HfHubHTTPError, OSError, ValueError)
 
 
 def _hub_name(pretrained: str | pathlib.Path) -> str:
@@ -118,12 +119,10 @@ def resolve_config(pretrained: str | pathlib.Path) -> pathlib.Path:
     if path.is_dir():
         return path
     name = _hub_name(pretrained)
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
+    huggingface_hub, hub_errors = _hub()
     try:
         return pathlib.Path(huggingface_hub.hf_hub_download(name, CONFIG)).parent
-    except (HfHubHTTPError, OSError, ValueError) as error:
+    except hub_errors as error:
         raise CheckpointError(f"{pretrained}: not a local directory, nor a model the hub (or its "
                               f"cache) has a {CONFIG} for ({type(error).__name__}: "
                               f"{error})") from None

@@ -10,6 +10,7 @@ import pytest
 import models  # noqa: F401  (chooses Keras 2 for tf.keras: models/__init__.py)
 import tensorflow as tf  # noqa: E402
 
+from models.pretrained_files import pretrained_directory_problem  # noqa: E402
 from models.transformer import (  # noqa: E402
     CheckpointError, EncoderConfig, TransformerEncoder, load_transformer, save_pretrained)
 from models.transformer.embeddings import position_ids  # noqa: E402
@@ -133,10 +134,14 @@ def test_pickled_weights_are_refused(tmp_path):
     directory.mkdir()
     shutil.copy(FIXTURE_DIR / "bert" / "config.json", directory)
     (directory / "pytorch_model.bin").write_bytes(b"not opened")
-    with pytest.raises(CheckpointError, match=r"bin-only has PyTorch pickle weights "
-                                              r"\(pytorch_model.bin\) but no model.safetensors "
-                                              r"or tf_model.h5: pickles are never loaded"):
+    (directory / "extra.bin").write_bytes(b"not opened either")
+    with pytest.raises(CheckpointError) as raised:
         load_transformer(pretrained=str(directory))
+    # The loader's refusal is word for word the trainer's flag check (models/pretrained_files).
+    assert str(raised.value) == pretrained_directory_problem(directory)
+    assert str(raised.value).startswith(
+        f"{directory} holds only PyTorch pickles (pytorch_model.bin, extra.bin), which are "
+        f"refused: loading one runs any code it carries. Convert them to model.safetensors once")
     # Beside safetensors weights the pickle is ignored.
     shutil.copy(FIXTURE_DIR / "bert" / "model.safetensors", directory)
     assert load_transformer(pretrained=str(directory)).loading_info.summary() == POOLER
