@@ -60,14 +60,9 @@ def resolve_checkpoint(pretrained: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(pretrained).expanduser()
     if path.is_dir():
         return path
-    name = _hub_name(pretrained)
-    huggingface_hub, hub_errors = _hub()
-    try:
-        snapshot = pathlib.Path(huggingface_hub.snapshot_download(
-            name, allow_patterns=HUB_SAFETENSORS_PATTERNS))
-    except hub_errors as error:
-        raise CheckpointError(f"{pretrained}: not a local directory, nor a model the hub (or its "
-                              f"cache) has ({type(error).__name__}: {error})") from None
+    snapshot = _hub_download(pretrained, lambda hub, name: hub.snapshot_download(
+        name, allow_patterns=HUB_SAFETENSORS_PATTERNS), wanted="")
+    name, (huggingface_hub, hub_errors) = _hub_name(pretrained), _hub()
     if not any((snapshot / f).is_file() for f in (SAFETENSORS, SAFETENSORS_INDEX)):
         try:
             huggingface_hub.hf_hub_download(name, H5)
@@ -91,6 +86,23 @@ def _hub():
     from huggingface_hub.errors import HfHubHTTPError
 
     return huggingface_hub, (HfHubHTTPError, OSError, ValueError)
+
+
+def _hub_download(pretrained: str | pathlib.Path, download: Callable, *,
+                  wanted: str) -> pathlib.Path:
+    """`download(huggingface_hub, name)`'s path for the hub model named `pretrained`.
+
+    Raises:
+      CheckpointError: `pretrained` looks like a path, or the hub (or its cache) does not have
+        it ("... nor a model the hub (or its cache) has{wanted} (ErrorType: ...)").
+    """
+    name = _hub_name(pretrained)
+    huggingface_hub, hub_errors = _hub()
+    try:
+        return pathlib.Path(download(huggingface_hub, name))
+    except hub_errors as error:
+        raise CheckpointError(f"{pretrained}: not a local directory, nor a model the hub (or its "
+                              f"cache) has{wanted} ({type(error).__name__}: {error})") from None
 
 
 def _hub_name(pretrained: str | pathlib.Path) -> str:
@@ -118,14 +130,8 @@ def resolve_config(pretrained: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(pretrained).expanduser()
     if path.is_dir():
         return path
-    name = _hub_name(pretrained)
-    huggingface_hub, hub_errors = _hub()
-    try:
-        return pathlib.Path(huggingface_hub.hf_hub_download(name, CONFIG)).parent
-    except hub_errors as error:
-        raise CheckpointError(f"{pretrained}: not a local directory, nor a model the hub (or its "
-                              f"cache) has a {CONFIG} for ({type(error).__name__}: "
-                              f"{error})") from None
+    return _hub_download(pretrained, lambda hub, name: hub.hf_hub_download(name, CONFIG),
+                         wanted=f" a {CONFIG} for").parent
 
 
 @dataclasses.dataclass
