@@ -1,11 +1,12 @@
-"""Training speed side by side, in one invocation: this project against transformers' `fit`.
+"""Training speed side by side, in one invocation: this project against transformers' `fit`
+(and, section 5, the encoder before issue #22 against the new one).
 
-    python benchmarks/bench_training.py                 # everything: 401 s, 2 quiet cores
+    python benchmarks/bench_training.py                 # sections 1-4: 401 s, 2 quiet cores
     python benchmarks/bench_training.py --only=finetune,frozen --steps=6
 
 On the same encoder (`../shared/models/multilingual-e5-small-zh`), the same People's Daily
 windows and batch size (32), each comparison alternates its two sides step by step (A B A B ...)
-so that machine noise hits both alike, and prints one line with the ratio:
+so that machine noise hits both alike, and prints a line with the ratio per measurement:
 
 1. finetune  real tokens/s of this project's fine-tuning step (`trainer.step.TrainStep` exactly as
              `configs/finetune.flags` builds it: bucketed batches, AdamW, layer decay, clipping)
@@ -22,6 +23,15 @@ so that machine noise hits both alike, and prints one line with the ratio:
 4. flops     the fine-tuning step's FLOP/s counting real tokens only (6 x non-embedding
              parameters x real tokens per second) as a fraction of the `tf.matmul` peak measured
              here (4096 x 4096, same precision). Goal >= 60%.
+5. encoder   not in the default run: the encoder before issue #22 (transformers' TFBertModel)
+             against the new one (models/transformer/) inside the same tagger, in the
+             fine-tuning step (finetune.flags) and the feature cache's building pass
+             (frozen.flags), float32 and mixed_bfloat16: real tokens/s, fraction of the matmul
+             peak, new/old (benchmarks/bench_encoder_training.py). Goal >= 1.3x. It needs a
+             checkout of the old code and transformers <= 4.54 (without them it times the new
+             side only):
+                 git worktree add --detach /tmp/old 823aaf9
+                 python benchmarks/bench_training.py --only=encoder --old_code=/tmp/old
 
 The whole default main job (`configs/frozen.flags`) is timed separately (README, "Measured
 here"): it does not fit in this script's budget.
@@ -49,17 +59,18 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks import hf_reference  # noqa: E402
-from trainer import config as config_lib, precision  # noqa: E402
+from trainer import config as config_lib, feature_cache, precision  # noqa: E402
 from trainer.evaluator import Evaluator  # noqa: E402
 from trainer.training_state import TrainingState, build_training_state  # noqa: E402
 
-SECTIONS = ("finetune", "frozen", "crf", "flops")
+SECTIONS = ("finetune", "frozen", "crf", "flops", "encoder")
+DEFAULT_SECTIONS = SECTIONS[:4]
 FULL_TRAIN = "../shared/data/people_daily_proxy_train/example.train"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(SECTIONS),
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
                         help="comma-separated sections: " + ",".join(SECTIONS))
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
@@ -68,6 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train sentences of the frozen section's subset corpus")
     parser.add_argument("--precisions", default="none,bf16",
                         help="fine-tuning precisions to compare (none = float32)")
+    parser.add_argument("--old_code", default="",
+                        help="encoder section: a checkout of the code before #22 (e.g. commit "
+                        "823aaf9) whose models/encoders.py is the old encoder")
+    parser.add_argument("--cache_blocks", type=int, default=4,
+                        help="encoder section: timed cache-building blocks per side")
+    parser.add_argument("--cache_windows", type=int, default=feature_cache.BLOCK_WINDOWS,
+                        help="encoder section: windows per cache-building block (default: the "
+                        "cache build's own)")
     return parser.parse_args(argv)
 
 
@@ -203,8 +222,6 @@ def frozen_section(args, work: pathlib.Path) -> dict[str, float]:
         windows_cached = sum(s["records"] for split in cache["splits"].values()
                              for s in split["shards"])
         # The build time alone: build it again into an empty root.
-        from trainer import feature_cache
-
         started = time.perf_counter()
         feature_cache.ensure_feature_cache(cached_run.model, cached_run.manifest_dir,
                                            work / "cache_again", log=lambda _: None)
@@ -323,6 +340,11 @@ def main(argv=None) -> None:
             crf_section(args)
         if "flops" in sections:
             flops_section(ours)
+        if "encoder" in sections:
+            # Imported here: that module builds on this one's helpers.
+            from benchmarks import bench_encoder_training
+
+            bench_encoder_training.encoder_section(args, work)
     report(f"total wall time {time.perf_counter() - started:.0f} s")
 
 

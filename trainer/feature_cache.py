@@ -96,8 +96,9 @@ def cache_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _encoder_function(model):
-    """tf.function (input_ids, attention_mask int32 [B, T]) -> float16 [B, T, F], traced once."""
+def encoder_function(model):
+    """What the cache stores, compiled: a tf.function (input_ids, attention_mask int32 [B, T])
+    -> `model.cache_features` as float16 [B, T, F], traced once (any B and T)."""
     import tensorflow as tf
 
     def encode(input_ids, attention_mask):
@@ -108,13 +109,23 @@ def _encoder_function(model):
                        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
 
 
-def _encode_block(encode, serialized: list[bytes], pad_token_id: int,
-                  on_batch: Callable[[int], None] | None = None) -> list[bytes]:
-    """Cache records for one block of data records, in the block's order.
+def encode_block(encode, serialized: list[bytes], pad_token_id: int,
+                 on_batch: Callable[[int], None] | None = None) -> list[bytes]:
+    """Cache records for one block of data records, in the block's order: the build's work per
+    block, reading and writing the shards aside (benchmarks/bench_encoder_training.py times it).
 
     Windows are encoded sorted by length in batches of about `_BATCH_TOKENS` padded tokens, so
-    padding costs little; the output keeps the input order. `on_batch` is called with the
-    number of windows of each batch encoded (progress within a block).
+    padding costs little; the output keeps the input order.
+
+    Args:
+      encode: `encoder_function(model)`.
+      serialized: data records (serialized tf.train.Example), e.g. 1,024 of one shard.
+      pad_token_id: pads each batch's windows to its longest.
+      on_batch: called with the number of windows of each batch encoded (progress within a
+        block).
+
+    Returns:
+      The records, each with a `features` entry (float16 [n, F] bytes), in `serialized`'s order.
     """
     import tensorflow as tf
 
@@ -160,7 +171,7 @@ def _build_shard(encode, source: pathlib.Path, compression: str, target: pathlib
     with tf.io.TFRecordWriter(str(partial)) as writer:
         for block in records.batch(BLOCK_WINDOWS):
             serialized = [bytes(x) for x in block.numpy()]
-            for record in _encode_block(encode, serialized, pad_token_id, on_batch):
+            for record in encode_block(encode, serialized, pad_token_id, on_batch):
                 writer.write(record)
             on_windows(len(serialized))
     with open(partial, "rb+") as stream:
@@ -233,7 +244,7 @@ def ensure_feature_cache(model, data_manifest_dir: str | os.PathLike,
         if bar is not None:
             bar.update(done)
 
-    encode = _encoder_function(model)
+    encode = encoder_function(model)
     compression = data_manifest.get("compression") or ""
     pad_token_id = int(data_manifest["tokenizer"].get("pad_token_id", 0))
     source_dir = pathlib.Path(data_manifest["directory"])
