@@ -72,7 +72,10 @@ class SelfAttention(tf.keras.layers.Layer):
         qkv = self.qkv(hidden_states)  # [batch, seq_len, 3 * hidden]
         qkv = tf.reshape(qkv, [batch, seq_len, 3, self.num_heads, self.head_size])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq_len, head_size]
-        query, key, value = qkv[0], qkv[1], qkv[2]
+        # unstack, not qkv[0], qkv[1], qkv[2]: each slice's gradient is a zero-filled tensor of
+        # qkv's full size (three of them, then summed), unstack's is one stack: the fine-tuning
+        # step's backward pass was slower than transformers' (benchmarks/RESULTS.md).
+        query, key, value = tf.unstack(qkv, num=3, axis=0)
         scores = tf.matmul(query, key, transpose_b=True)  # [batch, heads, seq_len, seq_len]
         scores = tf.cast(scores, tf.float32) * self.scale + bias
         probs = self.probs_dropout(tf.nn.softmax(scores, axis=-1), training=training)

@@ -14,17 +14,27 @@ from models.transformer.embeddings import initializer
 def activation(hidden_act: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """The feed-forward activation named by config.json's `hidden_act`.
 
-    "gelu" is the exact GELU, x * Phi(x); "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are
-    its tanh approximation; "relu", "silu" and "swish" are themselves.
+    "gelu" is the exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), written out: TensorFlow
+    2.21's `tf.nn.gelu(approximate=False)` computes it through erfc, which on this CPU made a
+    bf16 forward pass of the whole 12-layer encoder 1.6x slower than the same formula with erf
+    (float32 1.07x; benchmarks/RESULTS.md). "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are
+    its tanh approximation (`tf.nn.gelu(approximate=True)`); "relu", "silu" and "swish" are
+    themselves.
     """
+    if hidden_act in GELU_APPROXIMATE and not GELU_APPROXIMATE[hidden_act]:
+        return exact_gelu
     if hidden_act in GELU_APPROXIMATE:
-        approximate = GELU_APPROXIMATE[hidden_act]
-        return lambda x: tf.nn.gelu(x, approximate=approximate)
+        return lambda x: tf.nn.gelu(x, approximate=True)
     if hidden_act == "relu":
         return tf.nn.relu
     if hidden_act in ("silu", "swish"):
         return tf.nn.silu
     raise ValueError(f"hidden_act={hidden_act!r} is not supported")
+
+
+def exact_gelu(x: tf.Tensor) -> tf.Tensor:
+    """0.5 x (1 + erf(x / sqrt(2))), in x's dtype (any float shape)."""
+    return 0.5 * x * (1.0 + tf.math.erf(x * 0.7071067811865476))
 
 
 class TransformerBlock(tf.keras.layers.Layer):

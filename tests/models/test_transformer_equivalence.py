@@ -209,3 +209,18 @@ def test_shipped_encoder_in_bfloat16_mixed_precision(e5_safetensors_dir):
         cosine = np.sum(ours * theirs, -1) / (
             np.linalg.norm(ours, axis=-1) * np.linalg.norm(theirs, axis=-1))
         assert cosine.min() > 0.99, cosine.min()
+
+
+def test_exact_gelu_is_tensorflows_gelu_and_its_gradient():
+    """The written-out erf GELU (faster on CPU, models/transformer/block.py) is tf.nn.gelu's
+    exact GELU, values and gradients, over the range activations take, tails included."""
+    from models.transformer.block import exact_gelu
+
+    x = tf.constant(np.linspace(-12.0, 12.0, 4801), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, reference = exact_gelu(x), tf.nn.gelu(x, approximate=False)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(tape.gradient(ours, x).numpy(),
+                               tape.gradient(reference, x).numpy(), rtol=0, atol=2e-6)
+    assert abs(float(exact_gelu(tf.constant(1.0))) - 0.8413447) < 1e-6  # 1 * Phi(1)
