@@ -10,14 +10,15 @@ again, and the commands' flags never collide in one process) and parse it here:
   `error: ...` and where to look, and exits 2, never with a traceback.
 
 `python -m trainer.main` and `python -m data_pipeline.preprocess` run under `absl.app.run` with the
-global `flags.FLAGS` instead (same flag syntax and `--helpfull`; absl's own error message for a
-bad flag, and `error: ` + `unexpected_arguments` for an argument they do not take).
+global `flags.FLAGS` instead (same flag syntax and `--helpfull`); `absl_flags_parser` gives them
+the same `error: ...` line for a bad flag (absl's own would print "FATAL Flags parsing error"),
+and `unexpected_arguments` the message for an argument they do not take.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from absl import flags
@@ -69,6 +70,25 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, pr
     if rest and not positional:
         _usage_error(unexpected_arguments(rest), program, stderr)
     return rest
+
+
+def absl_flags_parser(program: str, *, exit_code: int,
+                      flag_values: flags.FlagValues | None = None
+                      ) -> Callable[[list[str]], list[str]]:
+    """The `flags_parser` for `absl.app.run(main, flags_parser=...)`.
+
+    Parses argv into `flag_values` (default `flags.FLAGS`) as absl's default parser does; a bad,
+    unknown or missing flag prints `error: <absl's reason>` and where the flags are listed, and
+    exits with `exit_code` (the command's status for any other bad input), never "FATAL".
+    """
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return (flags.FLAGS if flag_values is None else flag_values)(argv)
+        except flags.Error as error:
+            print(f"error: {error}\n{program} --helpfull lists the flags.", file=sys.stderr)
+            raise SystemExit(exit_code) from None
+
+    return parse
 
 
 def unexpected_arguments(arguments: Sequence[str], program: str | None = None) -> str:

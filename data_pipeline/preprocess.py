@@ -393,8 +393,11 @@ def run() -> None:
     """Console entry point (`tagger-preprocess`)."""
     from absl import app
 
+    from data_pipeline.cli import absl_flags_parser
+
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=absl_flags_parser("python -m data_pipeline.preprocess",
+                                                 exit_code=2))
 
 
 if __name__ == "__main__":

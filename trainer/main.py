@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from data_pipeline import tensorflow_logs
-from data_pipeline.cli import unexpected_arguments
+from data_pipeline.cli import absl_flags_parser, unexpected_arguments
 from trainer import config as config_lib
 
 config_lib.define_flags()
@@ -101,7 +101,7 @@ def main(argv) -> None:
 
 def run() -> None:
     """Console entry point (`tagger-train`)."""
-    app.run(main)
+    app.run(main, flags_parser=absl_flags_parser("python -m trainer.main", exit_code=1))
 
 
 if __name__ == "__main__":

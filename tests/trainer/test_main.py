@@ -217,3 +217,10 @@ def test_a_stray_argument_is_one_error_line_naming_it():
     assert exit_info.value.code == (
         "error: unexpected arguments ['runs/x', 'lr=1e-3']: every value is given as a flag, "
         "--name=value (`python -m trainer.main --helpfull` lists the flags)")
+
+
+def test_a_bad_flag_value_is_one_error_line_not_absls_fatal():
+    result = tt.run_main(["--batch_size=abc"], check=False)
+    assert result.returncode == 1
+    assert result.stderr == ("error: flag --batch_size=abc: invalid literal for int() with base "
+                             "10: 'abc'\npython -m trainer.main --helpfull lists the flags.\n")
