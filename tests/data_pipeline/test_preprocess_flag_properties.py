@@ -48,7 +48,7 @@ def run_command(args: list[str]) -> tuple[object, str]:
     flag_values = preprocess_flags()
     try:
         flag_values(["preprocess", *args])
-    except flags.Error as error:  # the command prints "error: <this>" (data_pipeline.cli.absl_flags_parser)
+    except flags.Error as error:  # printed as "error: <this>" (cli.absl_flags_parser)
         return "parser", str(error)
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr), \

@@ -82,7 +82,7 @@ def check_one_value(root: pathlib.Path, args: list[str], name: str, value: str) 
     argument = f"--{name}={value}"
     try:
         flag_values = parsed([*args, argument])
-    except flags.Error as error:  # the command prints "error: <this>" (data_pipeline.cli.absl_flags_parser)
+    except flags.Error as error:  # printed as "error: <this>" (cli.absl_flags_parser)
         assert f"--{name}" in str(error), (argument, str(error))
         return "parser"
     try:
