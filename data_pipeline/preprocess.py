@@ -382,7 +382,8 @@ def define_flags() -> None:
                       "SentencePiece `▁` before each token: auto drops it for character corpora.")
     flags.DEFINE_enum("compression", "none", list(COMPRESSION), "TFRecord compression.")
     flags.DEFINE_integer("sentences_per_shard", 8192, "Sentences per shard file.")
-    flags.DEFINE_integer("num_workers", None, "Worker processes (default: CPU count; 0: none).")
+    flags.DEFINE_integer("num_workers", None, "Worker processes (default: CPU count; 0: none).",
+                         lower_bound=0)
     flags.DEFINE_boolean("overwrite", False, "Replace a finished output at --output_dir.")
     flags.DEFINE_boolean("lowercase", False, "Make the tokenizer lowercase its input (a cased "
                          "corpus with an uncased vocabulary such as bert-base-chinese's).")

@@ -100,3 +100,8 @@ def test_a_wrong_value_of_any_flag_is_one_error_naming_it(root, bert_chinese_dir
                 assert name in error or value.strip() in error, (value, error)
 
     check()
+
+
+def test_a_negative_worker_count_is_refused_not_taken_as_zero():
+    status, error = run_command(["--output_dir=out", "--tokenizer=t", "--num_workers=-3"])
+    assert (status, error) == ("parser", "flag --num_workers=-3: -3 is not a non-negative integer")
