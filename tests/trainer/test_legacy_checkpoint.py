@@ -40,7 +40,10 @@ def test_model_and_optimizer_continue_where_the_old_code_stopped(name):
     assert legacy_checkpoint.is_legacy(checkpoint_path(name))
     legacy_checkpoint.restore(checkpoint_path(name), objects)
     arrays = reference(name)
-    np.testing.assert_array_equal(fixture.logits(name, model), arrays["logits_before"])
+    # To float32 rounding, not bit for bit: the exact GELU is computed with erf, transformers'
+    # with erfc (models/transformer/block.py), a few 1e-9 apart on these logits.
+    np.testing.assert_allclose(fixture.logits(name, model), arrays["logits_before"], rtol=0,
+                               atol=1e-7)
     assert int(step.numpy()) == int(plan.optimizer.iterations.numpy()) == fixture.STEPS_BEFORE
     update_once(name, model, plan, step, input_position)
     # The update needs every Adam slot where the old code had it (the fused QKV's three).
@@ -54,7 +57,8 @@ def test_the_update_depends_on_the_restored_slots():
     model, plan, step, input_position = fixture.build("bert")
     legacy_checkpoint.restore(checkpoint_path("bert"), {"model": model})
     arrays = reference("bert")
-    np.testing.assert_array_equal(fixture.logits("bert", model), arrays["logits_before"])
+    np.testing.assert_allclose(fixture.logits("bert", model), arrays["logits_before"], rtol=0,
+                               atol=1e-7)
     update_once("bert", model, plan, step, input_position)
     assert np.abs(fixture.logits("bert", model) - arrays["logits_after"]).max() > 1e-3
 
@@ -95,7 +99,8 @@ def test_the_trainer_resumes_an_old_run_and_keeps_its_best(tmp_path):
     assert "written before #22" in messages[-1]
     assert float(lr_scale.numpy()) == 0.5  # not in the old checkpoint: kept
     arrays = reference("roberta")
-    np.testing.assert_array_equal(fixture.logits("roberta", model), arrays["logits_before"])
+    np.testing.assert_allclose(fixture.logits("roberta", model), arrays["logits_before"],
+                               rtol=0, atol=1e-7)
 
     best = tmp_path / "best"
     best.mkdir()
@@ -104,7 +109,8 @@ def test_the_trainer_resumes_an_old_run_and_keeps_its_best(tmp_path):
     (best / "best.json").write_text('{"step": 2, "f1": 0.5}')
     update_once("roberta", model, plan, step, input_position)
     assert checkpointer.restore_best() == 2
-    np.testing.assert_array_equal(fixture.logits("roberta", model), arrays["logits_before"])
+    np.testing.assert_allclose(fixture.logits("roberta", model), arrays["logits_before"],
+                               rtol=0, atol=1e-7)
     checkpointer.close()
 
 
