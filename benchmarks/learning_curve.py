@@ -78,15 +78,44 @@ def run_size(flagfile: str, train_file: pathlib.Path, run_dir: pathlib.Path,
     return report.read_run_dir(entry, run_dir)
 
 
+def sentence_counts(value: str) -> list[int]:
+    """--sizes: comma-separated positive sentence counts (argparse's type)."""
+    try:
+        sizes = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive sentence counts "
+                                         f"such as 500,1000,2000, got {value!r}")
+    return sizes
+
+
+def check_inputs(args: argparse.Namespace, source: pathlib.Path) -> None:
+    """Everything that can be checked before the first run: the flagfile (trainer.main runs
+    in the repository root), the corpus, and that it has the largest size asked for."""
+    from benchmarks.subset_corpus import count_sentences
+
+    if not (REPO_ROOT / args.flagfile).is_file():
+        raise SystemExit(f"error: --flagfile={args.flagfile}: no such file (a path relative to "
+                         f"the repository root {REPO_ROOT}, or absolute)")
+    if not source.is_file():
+        raise SystemExit(f"error: --train_file={args.train_file}: no such file ({source})")
+    available = count_sentences(source.read_text(encoding="utf-8"))
+    if max(args.sizes) > available:
+        raise SystemExit(f"error: --sizes={','.join(map(str, args.sizes))}: {source} has "
+                         f"{available:,} sentences, fewer than {max(args.sizes):,}")
+
+
 def sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from trainer.config import resolve_input_path
 
     source = pathlib.Path(resolve_input_path(args.train_file))
+    check_inputs(args, source)
     out_dir = pathlib.Path(args.out_dir).resolve()
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     name = args.name or pathlib.Path(args.flagfile).stem
     rows = []
-    for size in [int(s) for s in args.sizes.split(",") if s]:
+    for size in args.sizes:
         train = write_subset(source, size, args.seed,
                              out_dir / "data" / f"{source.stem}_{size}_seed{args.seed}.txt")
         run = run_size(args.flagfile, train, out_dir / f"{name}_{size}", extra)
@@ -213,7 +242,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     run = commands.add_parser("run", help="train one config over seeded subsets of a corpus")
     run.add_argument("--flagfile", required=True, help="e.g. configs/frozen_crf.flags")
     run.add_argument("--train_file", required=True, help="the corpus to take subsets of")
-    run.add_argument("--sizes", required=True, help="comma-separated sentence counts")
+    run.add_argument("--sizes", required=True, type=sentence_counts,
+                     help="comma-separated sentence counts, e.g. 500,1000,2000")
     run.add_argument("--seed", type=int, default=0, help="the subsets' seed")
     run.add_argument("--out_dir", required=True, help="subsets and run directories go here")
     run.add_argument("--name", default="", help="run directory prefix (default: the "

@@ -22,8 +22,17 @@ from trainer.config import resolve_input_path  # noqa: E402  (../shared, or $TAG
 DEFAULT_INPUT = "../shared/data/people_daily_proxy_train/example.train"
 
 
+def sentence_blocks(text: str) -> list[str]:
+    """The corpus' sentences: its blank-line-separated blocks."""
+    return [block for block in text.split("\n\n") if block.strip()]
+
+
+def count_sentences(text: str) -> int:
+    return len(sentence_blocks(text))
+
+
 def subset_text(text: str, sentences: int, seed: int = 0, name: str = "<corpus>") -> str:
-    blocks = [block for block in text.split("\n\n") if block.strip()]
+    blocks = sentence_blocks(text)
     if not 0 < sentences <= len(blocks):
         raise ValueError(f"{name}: asked for {sentences} sentences, the file has {len(blocks)}")
     # random.Random(seed).sample draws what random.seed(seed); random.sample(...) does.
@@ -40,8 +49,13 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     source = pathlib.Path(resolve_input_path(args.input))
-    text = subset_text(source.read_text(encoding="utf-8"), args.sentences, args.seed,
-                       name=str(source))
+    if not source.is_file():
+        raise SystemExit(f"error: --input={args.input}: no such file ({source})")
+    try:
+        text = subset_text(source.read_text(encoding="utf-8"), args.sentences, args.seed,
+                           name=str(source))
+    except ValueError as error:
+        raise SystemExit(f"error: --sentences={args.sentences}: {error}") from None
     output = pathlib.Path(args.output)
     partial = output.with_name(output.name + ".partial")
     partial.write_text(text, encoding="utf-8")

@@ -42,3 +42,35 @@ def test_subsets_are_seeded_and_written_once(tmp_path):
     assert first.read_text(encoding="utf-8").count(" O\n") == 10
     with pytest.raises(ValueError, match="asked for 60 sentences, the file has 50"):
         learning_curve.write_subset(source, 60, 0, tmp_path / "d.txt")
+
+
+@pytest.mark.parametrize("sizes", ["abc", "500,x", "0,500", "-1", ","])
+def test_bad_sizes_are_one_error_line_naming_the_flag(sizes, capsys):
+    with pytest.raises(SystemExit) as stop:
+        learning_curve.main(["run", "--flagfile=configs/frozen_crf.flags",
+                             "--train_file=x.txt", f"--sizes={sizes}", "--out_dir=unused"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --sizes: expected comma-separated positive sentence counts" in error
+    assert repr(sizes) in error
+
+
+def test_missing_files_and_too_large_sizes_stop_before_any_run(tmp_path):
+    """Nothing is written and no training starts: each error names its flag and what is
+    expected."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{chr(0x4e00 + i)} O\n\n" for i in range(50)), encoding="utf-8")
+    out = tmp_path / "out"
+    cases = {
+        ("configs/nope.flags", str(corpus), "10"):
+            "error: --flagfile=configs/nope.flags: no such file",
+        ("configs/frozen_crf.flags", str(tmp_path / "none.txt"), "10"): "error: --train_file=",
+        ("configs/frozen_crf.flags", str(corpus), "10,60"):
+            "error: --sizes=10,60: " + str(corpus) + " has 50 sentences, fewer than 60",
+    }
+    for (flagfile, train, sizes), message in cases.items():
+        with pytest.raises(SystemExit) as stop:
+            learning_curve.main(["run", f"--flagfile={flagfile}", f"--train_file={train}",
+                                 f"--sizes={sizes}", f"--out_dir={out}"])
+        assert str(stop.value.code).startswith(message)
+    assert not out.exists()

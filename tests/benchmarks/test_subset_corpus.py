@@ -29,7 +29,17 @@ def test_the_subset_keeps_whole_sentences_in_file_order_and_is_reproducible(tmp_
 def test_asking_for_more_sentences_than_the_file_has_names_it(tmp_path):
     source = tmp_path / "c.train"
     source.write_text(CORPUS, encoding="utf-8")
-    with pytest.raises(ValueError, match=r"c\.train: asked for 11 sentences, the file has 10"):
+    with pytest.raises(SystemExit) as stop:
         subset_corpus.main(["--input", str(source), "--sentences", "11", "--output",
                             str(tmp_path / "o")])
+    assert stop.value.code == (f"error: --sentences=11: {source}: asked for 11 sentences, "
+                               f"the file has 10")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_input_is_one_error_line(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        subset_corpus.main(["--input", str(tmp_path / "none"), "--sentences", "1", "--output",
+                            str(tmp_path / "o")])
+    missing = tmp_path / "none"
+    assert stop.value.code == f"error: --input={missing}: no such file ({missing})"
