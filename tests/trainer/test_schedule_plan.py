@@ -77,7 +77,7 @@ def test_the_shipped_flagfiles_keep_the_full_corpus_schedule(flagfile, windows, 
 
 
 @pytest.mark.parametrize("flagfile, total, every", [
-    ("frozen_crf.flags", 4000, 200), ("bilstm_crf.flags", 4000, 200),
+    ("frozen_crf.flags", 8000, 400), ("bilstm_crf.flags", 4000, 200),
     ("finetune_crf.flags", 2000, 100)])
 def test_the_shipped_flagfiles_give_a_small_corpus_its_floor(flagfile, total, every):
     """1,000 sentences (1,004 windows, 32 updates an epoch): the floor, and dev every few
