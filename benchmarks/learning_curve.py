@@ -194,7 +194,9 @@ def plots(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
 
 
 def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
-    """Test F1 against training sentences (log scale): a line per config and corpus."""
+    """Test F1 against training sentences (log scale): a line per config and table, for the
+    entries that are not marked `"plot": false` (the comparative runs' tables)."""
+    runs = [run for run in runs if run.get("plot", True)]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,9 +204,11 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
 
     figure, axis = plt.subplots(figsize=(11, 7), dpi=100)
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    names = {}  # a series' corpus, as its entries name it (the table's title is long)
     for run in runs:
-        series.setdefault((run.get("table", run["corpus"]), run["config"]), []).append(
-            (run["sentences"], run["test"]["f1"]))
+        key = (run.get("table", run["corpus"]), run["config"])
+        series.setdefault(key, []).append((run["sentences"], run["test"]["f1"]))
+        names[key] = run["corpus"]
     corpora = list(dict.fromkeys(corpus for corpus, _ in series))
     configs = list(dict.fromkeys(config for _, config in series))
     colours = plt.get_cmap("tab10").colors
@@ -214,7 +218,7 @@ def plot(runs: list[dict[str, Any]], path: pathlib.Path) -> None:
         axis.plot(sizes, f1, marker=("o", "s", "^", "D")[corpora.index(corpus) % 4],
                   linestyle=("-", "--", ":", "-.")[corpora.index(corpus) % 4],
                   color=colours[configs.index(config) % len(colours)],
-                  label=f"{config} ({corpus})"[:90])
+                  label=f"{config} ({names[corpus, config]})"[:90])
     axis.set_xscale("log")
     axis.set_xlabel("training sentences (log scale)")
     axis.set_ylabel("test entity F1 (micro, strict IOB2)")
