@@ -19,6 +19,7 @@ next run opens the directory.
 
 from __future__ import annotations
 
+import logging as std_logging
 import math
 import os
 import pathlib
@@ -30,11 +31,31 @@ import threading
 from typing import Callable
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from trainer import config as config_lib
 from trainer import legacy_checkpoint
 from trainer.run_dir import (BEST_DIR, BEST_FILE, CHECKPOINT_DIR, RunDirectoryError, read_best,
                              write_best)
+
+
+class _DropSaverTiming(std_logging.Filter):
+    """Drops TensorFlow's "Sharding callback duration: N microseconds" INFO record.
+
+    TensorFlow 2.21's checkpoint saver (checkpoint/functional_saver.py) logs it with absl at INFO
+    on every save, into the same stream as the run's own INFO lines (the plan, evaluations,
+    saves): timing noise, a line per checkpoint, that says nothing a user can act on.
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Sharding callback duration")
+                    and record.filename == "functional_saver.py")
+
+
+SAVER_TIMING_FILTER = _DropSaverTiming()
+# functional_saver logs through absl, whose records all pass absl's own logger (whatever handler
+# prints them): a filter there drops the line in every run, on the console and in a redirected log.
+absl_logging.get_absl_logger().addFilter(SAVER_TIMING_FILTER)
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config: config_lib.TrainConfig, *,
