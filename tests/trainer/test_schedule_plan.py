@@ -78,10 +78,11 @@ def test_the_shipped_flagfiles_keep_the_full_corpus_schedule(flagfile, windows, 
 
 @pytest.mark.parametrize("flagfile, total, every", [
     ("frozen_crf.flags", 8000, 400), ("bilstm_crf.flags", 4000, 200),
-    ("finetune_crf.flags", 2000, 100)])
+    ("finetune_crf.flags", 2000, 200)])
 def test_the_shipped_flagfiles_give_a_small_corpus_its_floor(flagfile, total, every):
     """1,000 sentences (1,004 windows, 32 updates an epoch): the floor, and dev every few
-    epochs instead of every one (at most 20 evaluations)."""
+    epochs instead of every one (at most 20 evaluations; 10 for fine-tuning, whose dev F1 moves
+    in small steps: patience 2 then spans a fifth of its budget)."""
     shipped = config_lib.parse_flags([f"--flagfile={tt.REPO / 'configs' / flagfile}"])
     plan = plan_schedule(shipped, train_windows=1004, train_sentences=1000)
     assert (plan.total_steps, plan.eval_every, plan.patience) == (total, every, 2)
