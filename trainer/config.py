@@ -131,6 +131,12 @@ class TrainConfig(ModelSettings):
     # Training schedule and input.
     batch_size: int = setting(32, minimum=1, help="Global batch size in windows (over all "
                               "replicas; per update it is batch_size * grad_accum_steps).")
+    min_updates_per_epoch: int = setting(
+        0, minimum=0, help="Halve --batch_size (down to --min_batch_size) while an epoch would "
+        "have fewer than this many updates: a small corpus gets smaller batches (more, noisier "
+        "updates an epoch); 0 = always --batch_size. trainer/schedule_plan.py.")
+    min_batch_size: int = setting(16, minimum=1, help="The smallest batch that "
+                                  "--min_updates_per_epoch halves --batch_size to.")
     train_steps: int = setting(0, minimum=0, help="Optimizer updates in the schedule; 0 derives "
                                "it from --epochs.")
     epochs: float = setting(1.0, help="Epochs when --train_steps=0.")

@@ -121,22 +121,26 @@ class TrainingState:
     def train_dataset(self) -> tf.distribute.DistributedDataset:
         """Per-replica training input, positioned where the restored checkpoint left off."""
         return train_dataset(self.config, self.strategy, self.input_dir,
-                             int(self.variables.input_position.numpy()))
+                             int(self.variables.input_position.numpy()),
+                             batch_size=self.schedule.batch_size)
 
 
 def train_dataset(config: TrainConfig, strategy: tf.distribute.Strategy, input_dir: str,
-                  position: int) -> tf.distribute.DistributedDataset:
-    """The training input of `input_dir`, each replica's pipeline skipped to `position`."""
+                  position: int, batch_size: int = 0) -> tf.distribute.DistributedDataset:
+    """The training input of `input_dir`, each replica's pipeline skipped to `position`.
+
+    `batch_size`: the global batch (the schedule's; 0 = --batch_size).
+    """
     from data_pipeline.dataset import make_dataset
 
     replicas = strategy.num_replicas_in_sync
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch_size = input_context.get_per_replica_batch_size(config.batch_size)
+        per_replica = input_context.get_per_replica_batch_size(batch_size or config.batch_size)
         # verify_checksums=False: setup verified every shard; the reader still checks each
         # record's CRC and each shard's record count.
         dataset = make_dataset(
-            input_dir, "train", batch_size=batch_size, bucketing=config.bucketing,
+            input_dir, "train", batch_size=per_replica, bucketing=config.bucketing,
             shuffle=config.shuffle_buffer > 0, shuffle_buffer=max(config.shuffle_buffer, 1),
             seed=config.seed, repeat=True, input_context=input_context,
             pad_to_length=None,  # without bucketing: the manifest's max_seq_length
@@ -252,7 +256,8 @@ def build_training_state(config: TrainConfig, run_dir: pathlib.Path) -> Training
     # The model config, built once; the run directory keeps it (export builds from it).
     model_config = run_dir_lib.tagger_config(config.model_settings(), manifest)
     counts = manifest["splits"]["train"]["counts"]
-    schedule = plan_schedule(config, counts["windows"], counts.get("sentences", 0))
+    schedule = plan_schedule(config, counts["windows"], counts.get("sentences", 0),
+                             replicas=strategy.num_replicas_in_sync)
     logging.info("%s", schedule.describe())
     with strategy.scope():
         model, plan = build_model_and_plan(config, model_config, manifest_dir,

@@ -32,7 +32,9 @@ def test_bilstm_crf_flags_leave_the_all_o_solution_on_300_sentences(people_daily
         "--noprogress_bar", "--noexport"])
     results = train_and_evaluate(config)
     schedule = results["schedule"]
-    assert schedule["steps_per_epoch"] == 10 and schedule["floor_applied"]
+    # 300 windows: 10 updates an epoch of 32, so batches of 16 (--min_updates_per_epoch): 19.
+    assert (schedule["batch_size"], schedule["steps_per_epoch"]) == (16, 19)
+    assert schedule["floor_applied"]
     assert schedule["total_steps"] == config.min_train_steps > 40  # 4 epochs were 40 updates
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
     assert best["f1"] > DEV_F1_FLOOR, best
