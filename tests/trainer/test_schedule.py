@@ -101,3 +101,23 @@ def test_all_o_evaluations_do_not_stop_the_run_early(tiny, tmp_path, monkeypatch
 def test_early_stopping_needs_evaluations(tiny, tmp_path):
     with pytest.raises(config_lib.ConfigError, match="--early_stopping_patience=3 needs"):
         tt.make_config(tiny, tmp_path / "run", early_stopping_patience=3)
+
+
+def test_the_training_input_uses_the_plans_halved_batch(tiny, tmp_path):
+    """--min_updates_per_epoch halves the batch in the plan; the batches the model trains on
+    are that size (not --batch_size), and the log's plan and results.json say so."""
+    from trainer.training_state import build_training_state
+
+    windows = train_windows(tiny)
+    config = tt.make_config(tiny, tmp_path / "run", batch_size=8, min_batch_size=2,
+                            min_updates_per_epoch=-(-windows // 2), bucketing=False)
+    state = build_training_state(config, tmp_path / "run")
+    assert (state.schedule.batch_size, state.schedule.batch_reduced_from) == (2, 8)
+    assert state.schedule.steps_per_epoch == -(-windows // 2)
+    batch = next(iter(state.train_dataset()))
+    assert batch["input_ids"].shape[0] == 2
+    unchanged = tt.make_config(tiny, tmp_path / "run8", batch_size=8, min_batch_size=2,
+                               min_updates_per_epoch=0, bucketing=False)
+    state8 = build_training_state(unchanged, tmp_path / "run8")
+    assert state8.schedule.batch_size == 8
+    assert next(iter(state8.train_dataset()))["input_ids"].shape[0] == 8
