@@ -16,7 +16,9 @@ from trainer.loop import train_and_evaluate
 
 # Measured (2026-12-07, this test, bf16 by auto): 4,000 updates planned, best dev F1 0.375 at step
 # 800, early stop at step 1,200, test F1 0.497; before the floor: 0.0 (docs/learning_curve.md).
-# About half the measured dev F1 leaves room for bf16 and thread-order noise.
+# About half the measured dev F1 leaves room for bf16 and thread-order noise. That was with
+# batches of 32; with the shipped batches of 16 (--min_updates_per_epoch, 2026-12-08) it passes
+# in 90 s, its dev F1 not yet re-recorded here.
 DEV_F1_FLOOR = 0.2
 
 
@@ -32,8 +34,9 @@ def test_bilstm_crf_flags_leave_the_all_o_solution_on_300_sentences(people_daily
         "--noprogress_bar", "--noexport"])
     results = train_and_evaluate(config)
     schedule = results["schedule"]
-    # 300 windows: 10 updates an epoch of 32, so batches of 16 (--min_updates_per_epoch): 19.
-    assert (schedule["batch_size"], schedule["steps_per_epoch"]) == (16, 19)
+    # 300 sentences: 10 updates an epoch of 32, so batches of 16 (--min_updates_per_epoch).
+    assert schedule["batch_size"] == 16 and schedule["batch_reduced_from"] == 32
+    assert schedule["steps_per_epoch"] == -(-schedule["train_windows"] // 16) < 100
     assert schedule["floor_applied"]
     assert schedule["total_steps"] == config.min_train_steps > 40  # 4 epochs were 40 updates
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
